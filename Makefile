@@ -1,0 +1,31 @@
+# The two commands a fresh machine needs: `make run` and `make test`. Both create the virtualenv
+# and install fleetql into it first; `make run` also starts the embedded PostgreSQL and migrates.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fleetql serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check fleetql tests alembic
+	$(BIN)/ruff format --check fleetql tests alembic
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .fleetql

@@ -1,0 +1,1 @@
+"""fleetql: a GraphQL control plane for a fleet of Kubernetes clusters."""

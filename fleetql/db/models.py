@@ -1,0 +1,100 @@
+"""The tables, as SQLAlchemy 2 declarative models. Alembic migrations are the source of truth for
+the schema; these mirror them so that queries are typed."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Numeric,
+    SmallInteger,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class ClusterStatus(enum.StrEnum):
+    """A cluster's health as the last check saw it. Stored as text so adding a status is a plain
+    migration, not an ALTER TYPE."""
+
+    HEALTHY = "HEALTHY"
+    DEGRADED = "DEGRADED"
+    UNHEALTHY = "UNHEALTHY"
+    UNREACHABLE = "UNREACHABLE"
+    UNKNOWN = "UNKNOWN"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONB,
+    }
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    api_server_url: Mapped[str] = mapped_column(Text)
+    kubeconfig_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    kubeconfig_key_id: Mapped[str | None] = mapped_column(Text)
+    kubeconfig_format: Mapped[int | None] = mapped_column(SmallInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+    state: Mapped[ClusterState] = relationship(back_populates="cluster", lazy="raise")
+
+
+class ClusterState(Base):
+    __tablename__ = "cluster_states"
+
+    cluster_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(Text, server_default=ClusterStatus.UNKNOWN.value)
+    node_count: Mapped[int | None] = mapped_column(Integer)
+    ready_node_count: Mapped[int | None] = mapped_column(Integer)
+    # CPU in cores (exact decimals: 3500m is 3.5), memory in bytes.
+    cpu_capacity_cores: Mapped[Decimal | None] = mapped_column(Numeric(20, 3))
+    cpu_allocatable_cores: Mapped[Decimal | None] = mapped_column(Numeric(20, 3))
+    cpu_usage_cores: Mapped[Decimal | None] = mapped_column(Numeric(20, 3))
+    memory_capacity_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_allocatable_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_usage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    kubernetes_version: Mapped[str | None] = mapped_column(Text)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column()
+    last_checked_at: Mapped[datetime | None] = mapped_column()
+    last_error_code: Mapped[str | None] = mapped_column(Text)
+    last_error_message: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_check_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    cluster: Mapped[Cluster] = relationship(back_populates="state", lazy="raise")
+
+
+class EncryptionKeyRecord(Base):
+    """Fingerprints of the keys that encrypted stored kubeconfigs, never the keys themselves."""
+
+    __tablename__ = "encryption_keys"
+
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -1,0 +1,134 @@
+"""Importing a cluster: validate everything, encrypt the resolved kubeconfig, store it.
+
+Every expected failure comes back as a ``UserError``; all independent problems are reported at
+once so that a form can mark every bad field in one round trip. Nothing is stored unless all of
+the input is good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+
+from fleetql.db import clusters as db
+from fleetql.kubeconfig import (
+    KubeconfigError,
+    ResolvedKubeconfig,
+    decode_kubeconfig_input,
+    parse_kubeconfig,
+)
+from fleetql.labels import LabelError, validate_label_key, validate_label_value, validate_name
+from fleetql.resolvers.context import Context
+from fleetql.resolvers.errors import UserError
+
+MAX_DESCRIPTION_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    cluster: db.ClusterRecord | None
+    user_errors: list[UserError] = field(default_factory=list)
+
+
+def check_name(name: str) -> list[UserError]:
+    try:
+        validate_name(name)
+    except LabelError as error:
+        return [UserError("name", "INVALID_NAME", str(error))]
+    return []
+
+
+def check_labels(
+    labels: Sequence[tuple[str, str]], *, field_name: str = "labels"
+) -> list[UserError]:
+    errors: list[UserError] = []
+    seen: set[str] = set()
+    for index, (key, value) in enumerate(labels):
+        try:
+            validate_label_key(key)
+        except LabelError as error:
+            errors.append(UserError(f"{field_name}[{index}].key", "INVALID_LABEL", str(error)))
+            continue
+        try:
+            validate_label_value(value)
+        except LabelError as error:
+            errors.append(UserError(f"{field_name}[{index}].value", "INVALID_LABEL", str(error)))
+        if key in seen:
+            errors.append(
+                UserError(
+                    f"{field_name}[{index}].key", "INVALID_LABEL", f"label {key!r} is given twice"
+                )
+            )
+        seen.add(key)
+    return errors
+
+
+async def resolve_kubeconfig(
+    context: Context, kubeconfig: str, kube_context: str | None
+) -> ResolvedKubeconfig | UserError:
+    """Decode and resolve off the event loop: a large YAML document takes a while to parse."""
+    max_bytes = context.services.settings.cluster_manager.max_kubeconfig_bytes
+
+    def resolve() -> ResolvedKubeconfig:
+        data = decode_kubeconfig_input(kubeconfig, max_bytes=max_bytes)
+        return parse_kubeconfig(data, context=kube_context, max_bytes=max_bytes)
+
+    try:
+        return await asyncio.to_thread(resolve)
+    except KubeconfigError as error:
+        return UserError(error.field, error.code, error.message)
+
+
+async def import_cluster(
+    context: Context,
+    *,
+    name: str,
+    kubeconfig: str,
+    description: str = "",
+    kube_context: str | None = None,
+    labels: Sequence[tuple[str, str]] = (),
+) -> ImportResult:
+    errors = check_name(name) + check_labels(labels)
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        errors.append(
+            UserError(
+                "description",
+                "INVALID_DESCRIPTION",
+                f"description is {len(description)} characters; at most {MAX_DESCRIPTION_LENGTH}",
+            )
+        )
+    resolved = await resolve_kubeconfig(context, kubeconfig, kube_context)
+    if isinstance(resolved, UserError):
+        errors.append(resolved)
+    if errors or isinstance(resolved, UserError):
+        return ImportResult(cluster=None, user_errors=errors)
+
+    cluster_id = uuid.uuid4()
+    blob = context.services.cipher.encrypt(resolved.to_yaml(), cluster_id=cluster_id)
+    taken = UserError("name", "NAME_TAKEN", f"a cluster named {name!r} already exists")
+    async with context.services.sessions() as session:
+        if await db.name_is_taken(session, name):
+            return ImportResult(cluster=None, user_errors=[taken])
+        new = db.NewCluster(
+            id=cluster_id,
+            name=name,
+            description=description,
+            labels=dict(labels),
+            api_server_url=resolved.server,
+            kubeconfig_ciphertext=blob.payload,
+            kubeconfig_key_id=blob.key_id,
+            kubeconfig_format=blob.format_version,
+        )
+        try:
+            await db.insert_cluster(session, new)
+            await session.commit()
+        except IntegrityError:
+            # Another import took the name between our check and our insert.
+            await session.rollback()
+            return ImportResult(cluster=None, user_errors=[taken])
+        record = await db.get_cluster(session, cluster_id)
+    return ImportResult(cluster=record)

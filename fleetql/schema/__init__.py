@@ -1,0 +1,80 @@
+"""The GraphQL schema: types, inputs, enums and the roots that call the resolvers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    AddValidationRules,
+    MaskErrors,
+    MaxTokensLimiter,
+    ParserCache,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+
+from fleetql.config import ServerSettings
+from fleetql.resolvers.errors import InvalidArgument
+from fleetql.schema.limits import query_limits_rule
+from fleetql.schema.mutation import Mutation
+from fleetql.schema.query import Query
+from fleetql.schema.scalars import SCALAR_MAP
+
+logger = logging.getLogger("fleetql.graphql")
+
+
+def is_unexpected(error: GraphQLError) -> bool:
+    """An exception raised while resolving a field, other than a named argument error.
+
+    Syntax, validation and variable errors carry no path and are the client's to see.
+    """
+    original = error.original_error
+    return (
+        error.path is not None
+        and original is not None
+        and not isinstance(original, InvalidArgument | GraphQLError)
+    )
+
+
+class FleetSchema(strawberry.Schema):
+    """Logs unexpected errors with the request id that the client also gets in the response."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        context: Any = execution_context.context if execution_context else None
+        request_id = getattr(context, "request_id", "-")
+        for error in errors:
+            if is_unexpected(error):
+                logger.error(
+                    "unexpected error at %s (request %s)",
+                    ".".join(str(part) for part in error.path or ()),
+                    request_id,
+                    exc_info=error.original_error,
+                )
+            else:
+                logger.debug("client error (request %s): %s", request_id, error.message)
+
+
+def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
+    settings = settings or ServerSettings()
+    limits = query_limits_rule(max_aliases=settings.max_aliases, max_depth=settings.max_query_depth)
+    return FleetSchema(
+        query=Query,
+        mutation=Mutation,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        extensions=[
+            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+            lambda: AddValidationRules([limits]),
+            lambda: ParserCache(maxsize=256),
+            lambda: ValidationCache(maxsize=256),
+            lambda: MaskErrors(
+                should_mask_error=is_unexpected,
+                error_message="Internal error; the server log has it under this request's id.",
+            ),
+        ],
+    )

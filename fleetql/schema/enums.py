@@ -1,0 +1,31 @@
+"""Enums as GraphQL sees them."""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeAlias
+
+import strawberry
+
+from fleetql.db.clusters import OrderField
+from fleetql.db.models import ClusterStatus as StoredStatus
+
+# The stored enum is the GraphQL enum too: one list of statuses, registered with strawberry here.
+strawberry.enum(
+    StoredStatus, name="ClusterStatus", description="A cluster's health as the last check saw it."
+)
+ClusterStatus: TypeAlias = StoredStatus
+
+
+@strawberry.enum(description="What a list of clusters is sorted by; ties are broken by id.")
+class ClusterOrderField(enum.Enum):
+    NAME = OrderField.NAME.value
+    CREATED_AT = OrderField.CREATED_AT.value
+    STATUS = OrderField.STATUS.value
+    NODE_COUNT = OrderField.NODE_COUNT.value
+
+
+@strawberry.enum
+class OrderDirection(enum.Enum):
+    ASC = "asc"
+    DESC = "desc"

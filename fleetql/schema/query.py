@@ -1,0 +1,59 @@
+"""The Query root: reading the fleet from PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import strawberry
+from strawberry.types import Info
+
+from fleetql.db.clusters import OrderField, Ordering
+from fleetql.resolvers import clusters
+from fleetql.resolvers.context import Context
+from fleetql.resolvers.errors import InvalidArgument
+from fleetql.schema.enums import OrderDirection
+from fleetql.schema.inputs import ClusterFilter, ClusterOrder
+from fleetql.schema.types import Cluster, ClusterPage
+
+
+def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidArgument(
+            argument, f"{str(value)[:64]!r} is not a cluster id (a UUID)"
+        ) from None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A page of clusters matching the filter.")
+    async def clusters(
+        self,
+        info: Info[Context, None],
+        filter: ClusterFilter | None = None,
+        page: int = 1,
+        limit: int = 20,
+        order_by: ClusterOrder | None = None,
+    ) -> ClusterPage:
+        where = filter or ClusterFilter()
+        order = order_by or ClusterOrder()
+        result = await clusters.list_clusters(
+            info.context,
+            statuses=where.status or (),
+            search=where.search,
+            labels=[(label.key, label.value) for label in where.labels or ()],
+            label_selector=where.label_selector,
+            page=page,
+            limit=limit,
+            ordering=Ordering(
+                field=OrderField(order.field.value),
+                descending=order.direction is OrderDirection.DESC,
+            ),
+        )
+        return ClusterPage.from_result(result)
+
+    @strawberry.field(description="One cluster, or null when the id is unknown or removed.")
+    async def cluster(self, info: Info[Context, None], id: strawberry.ID) -> Cluster | None:
+        record = await clusters.get_cluster(info.context, parse_cluster_id(id))
+        return None if record is None else Cluster.from_row(record)

@@ -1,0 +1,124 @@
+"""Object types: what clients read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Self
+
+import strawberry
+
+from fleetql.db.clusters import ClusterRecord
+from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
+from fleetql.resolvers.errors import UserError as UserErrorResult
+from fleetql.schema.enums import ClusterStatus
+from fleetql.schema.scalars import Long
+
+
+@strawberry.type
+class Label:
+    key: str
+    value: str
+
+
+@strawberry.type(description="Why the last check of a cluster failed.")
+class CheckError:
+    code: str
+    message: str
+
+
+@strawberry.type(description="An imported Kubernetes cluster and its latest known state.")
+class Cluster:
+    id: strawberry.ID
+    name: str
+    description: str
+    labels: list[Label]
+    api_server_url: str
+    status: ClusterStatus
+    node_count: int | None
+    ready_node_count: int | None
+    cpu_capacity_cores: float | None
+    cpu_allocatable_cores: float | None
+    cpu_usage_cores: float | None = strawberry.field(
+        description="Null when the cluster serves no metrics.k8s.io API."
+    )
+    memory_capacity_bytes: Long | None
+    memory_allocatable_bytes: Long | None
+    memory_usage_bytes: Long | None = strawberry.field(
+        description="Null when the cluster serves no metrics.k8s.io API."
+    )
+    kubernetes_version: str | None
+    last_heartbeat_at: datetime | None = strawberry.field(
+        description="When a check last succeeded."
+    )
+    last_checked_at: datetime | None
+    last_error: CheckError | None
+    consecutive_failures: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: ClusterRecord) -> Self:
+        def cores(value: object) -> float | None:
+            return None if value is None else float(value)  # type: ignore[arg-type]
+
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            name=row.name,
+            description=row.description,
+            labels=[Label(key=key, value=value) for key, value in sorted(row.labels.items())],
+            api_server_url=row.api_server_url,
+            status=row.status,
+            node_count=row.node_count,
+            ready_node_count=row.ready_node_count,
+            cpu_capacity_cores=cores(row.cpu_capacity_cores),
+            cpu_allocatable_cores=cores(row.cpu_allocatable_cores),
+            cpu_usage_cores=cores(row.cpu_usage_cores),
+            memory_capacity_bytes=row.memory_capacity_bytes,  # type: ignore[arg-type]
+            memory_allocatable_bytes=row.memory_allocatable_bytes,  # type: ignore[arg-type]
+            memory_usage_bytes=row.memory_usage_bytes,  # type: ignore[arg-type]
+            kubernetes_version=row.kubernetes_version,
+            last_heartbeat_at=row.last_heartbeat_at,
+            last_checked_at=row.last_checked_at,
+            last_error=(
+                CheckError(code=row.last_error_code, message=row.last_error_message or "")
+                if row.last_error_code
+                else None
+            ),
+            consecutive_failures=row.consecutive_failures,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+@strawberry.type
+class ClusterPage:
+    total: int
+    page: int
+    limit: int
+    items: list[Cluster]
+
+    @classmethod
+    def from_result(cls, result: ClusterPageResult) -> Self:
+        return cls(
+            total=result.total,
+            page=result.page,
+            limit=result.limit,
+            items=[Cluster.from_row(row) for row in result.items],
+        )
+
+
+@strawberry.type(description="A problem with a mutation's input; `code` is stable.")
+class UserError:
+    field: str
+    code: str
+    message: str
+
+    @classmethod
+    def from_result(cls, error: UserErrorResult) -> Self:
+        return cls(field=error.field, code=error.code, message=error.message)
+
+
+@strawberry.type
+class ImportClusterPayload:
+    cluster: Cluster | None
+    user_errors: list[UserError]

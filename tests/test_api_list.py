@@ -1,0 +1,253 @@
+"""clusters(...) and cluster(id): filters, selectors, ordering and pages, read from PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import GraphQLClient, asyncpg_dsn
+from tests.kubeconfigs import KubeconfigFactory
+
+IMPORT = """
+mutation($input: ImportClusterInput!) {
+  importCluster(input: $input) { cluster { id } userErrors { code message } }
+}
+"""
+
+LIST = """
+query($filter: ClusterFilter, $page: Int! = 1, $limit: Int! = 20, $orderBy: ClusterOrder) {
+  clusters(filter: $filter, page: $page, limit: $limit, orderBy: $orderBy) {
+    total page limit items { name status nodeCount }
+  }
+}
+"""
+
+FLEET: list[dict[str, Any]] = [
+    {
+        "name": "prod-sh",
+        "description": "Shanghai production",
+        "labels": {"env": "prod", "region": "sh", "team": "payments"},
+        "status": "HEALTHY",
+        "nodes": 50,
+    },
+    {
+        "name": "prod-bj",
+        "description": "Beijing 100% prod",
+        "labels": {"env": "prod", "region": "bj", "tier": "db"},
+        "status": "DEGRADED",
+        "nodes": 12,
+    },
+    {
+        "name": "staging",
+        "description": "it's staging_area",
+        "labels": {"env": "staging", "region": "sh"},
+        "status": "UNREACHABLE",
+        "nodes": None,
+    },
+    {
+        "name": "dev-1",
+        "description": "developer sandbox",
+        "labels": {"env": "dev", "deprecated": "true"},
+        "status": "UNKNOWN",
+        "nodes": None,
+    },
+    {
+        "name": "edge-7",
+        "description": "Edge site (PROD traffic)",
+        "labels": {"env": "prod", "region": "gz"},
+        "status": "UNHEALTHY",
+        "nodes": 3,
+    },
+]
+
+
+@pytest.fixture
+async def fleet(
+    api: GraphQLClient, kubeconfigs: KubeconfigFactory, database_url: str
+) -> GraphQLClient:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for spec in FLEET:
+            payload = await api.data(
+                IMPORT,
+                {
+                    "input": {
+                        "name": spec["name"],
+                        "description": spec["description"],
+                        "kubeconfig": kubeconfigs.base64(),
+                        "labels": [{"key": k, "value": v} for k, v in spec["labels"].items()],
+                    }
+                },
+            )
+            assert payload["importCluster"]["userErrors"] == []
+            await connection.execute(
+                "UPDATE cluster_states SET status = $1, node_count = $2 "
+                "WHERE cluster_id = (SELECT id FROM clusters WHERE name = $3)",
+                spec["status"],
+                spec["nodes"],
+                spec["name"],
+            )
+    finally:
+        await connection.close()
+    return api
+
+
+async def names(api: GraphQLClient, **variables: Any) -> list[str]:
+    data = await api.data(LIST, variables)
+    return [item["name"] for item in data["clusters"]["items"]]
+
+
+async def test_default_list_is_first_page_of_twenty_sorted_by_name(fleet: GraphQLClient) -> None:
+    data = await fleet.data(LIST)
+    page = data["clusters"]
+    assert (page["total"], page["page"], page["limit"]) == (5, 1, 20)
+    assert [item["name"] for item in page["items"]] == sorted(spec["name"] for spec in FLEET)
+
+
+async def test_status_filter_takes_one_or_more(fleet: GraphQLClient) -> None:
+    assert await names(fleet, filter={"status": ["HEALTHY"]}) == ["prod-sh"]
+    assert await names(fleet, filter={"status": ["UNREACHABLE", "UNKNOWN"]}) == ["dev-1", "staging"]
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        ("PROD", ["edge-7", "prod-bj", "prod-sh"]),
+        ("sandbox", ["dev-1"]),
+        ("100%", ["prod-bj"]),
+        ("%", ["prod-bj"]),
+        ("_", ["staging"]),
+        ("staging_", ["staging"]),
+        ("it's", ["staging"]),
+        ('"', []),
+        ("\\", []),
+        ("no such thing", []),
+    ],
+)
+async def test_search_is_case_insensitive_substring_with_literal_wildcards(
+    fleet: GraphQLClient, search: str, expected: list[str]
+) -> None:
+    assert await names(fleet, filter={"search": search}) == expected
+
+
+async def test_labels_filter_requires_all(fleet: GraphQLClient) -> None:
+    assert await names(fleet, filter={"labels": [{"key": "env", "value": "prod"}]}) == [
+        "edge-7",
+        "prod-bj",
+        "prod-sh",
+    ]
+    assert await names(
+        fleet,
+        filter={"labels": [{"key": "env", "value": "prod"}, {"key": "region", "value": "sh"}]},
+    ) == ["prod-sh"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("env=prod", ["edge-7", "prod-bj", "prod-sh"]),
+        ("env==prod", ["edge-7", "prod-bj", "prod-sh"]),
+        ("env!=prod", ["dev-1", "staging"]),
+        ("tier!=db", ["dev-1", "edge-7", "prod-sh", "staging"]),
+        ("region in (sh,bj)", ["prod-bj", "prod-sh", "staging"]),
+        ("region notin (sh,bj)", ["dev-1", "edge-7"]),
+        ("!deprecated", ["edge-7", "prod-bj", "prod-sh", "staging"]),
+        ("team", ["prod-sh"]),
+        ("env=prod,tier!=db,region in (sh,bj),!deprecated,team", ["prod-sh"]),
+        ("", ["dev-1", "edge-7", "prod-bj", "prod-sh", "staging"]),
+    ],
+)
+async def test_label_selector_forms(
+    fleet: GraphQLClient, selector: str, expected: list[str]
+) -> None:
+    assert await names(fleet, filter={"labelSelector": selector}) == expected
+
+
+@pytest.mark.parametrize("selector", ["env=prod,", "region in (sh", "env~prod", "in in", "a b c"])
+async def test_malformed_selector_is_a_clear_error(fleet: GraphQLClient, selector: str) -> None:
+    body = await fleet.post(LIST, {"filter": {"labelSelector": selector}})
+    assert body["data"] is None
+    [error] = body["errors"]
+    assert error["message"].startswith("filter.labelSelector: ")
+    assert "label selector" in error["message"]
+
+
+async def test_filters_combine(fleet: GraphQLClient) -> None:
+    assert await names(
+        fleet,
+        filter={
+            "status": ["HEALTHY", "DEGRADED"],
+            "labelSelector": "region=bj",
+            "search": "beijing",
+        },
+    ) == ["prod-bj"]
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (
+            {"field": "NAME", "direction": "DESC"},
+            ["staging", "prod-sh", "prod-bj", "edge-7", "dev-1"],
+        ),
+        ({"field": "STATUS"}, ["staging", "edge-7", "prod-bj", "dev-1", "prod-sh"]),
+        (
+            {"field": "STATUS", "direction": "DESC"},
+            ["prod-sh", "dev-1", "prod-bj", "edge-7", "staging"],
+        ),
+        ({"field": "NODE_COUNT"}, ["edge-7", "prod-bj", "prod-sh"]),
+        ({"field": "NODE_COUNT", "direction": "DESC"}, ["prod-sh", "prod-bj", "edge-7"]),
+        ({"field": "CREATED_AT"}, [spec["name"] for spec in FLEET]),
+        ({"field": "CREATED_AT", "direction": "DESC"}, [spec["name"] for spec in reversed(FLEET)]),
+    ],
+)
+async def test_ordering(fleet: GraphQLClient, order: dict[str, str], expected: list[str]) -> None:
+    got = await names(fleet, orderBy=order)
+    assert got[: len(expected)] == expected
+    assert sorted(got) == sorted(spec["name"] for spec in FLEET)
+
+
+async def test_ties_are_broken_stably_so_pages_never_overlap(fleet: GraphQLClient) -> None:
+    # Three clusters have no node count: paging one at a time must still visit each once.
+    seen = []
+    for page in range(1, 6):
+        seen += await names(fleet, orderBy={"field": "NODE_COUNT"}, page=page, limit=1)
+    assert sorted(seen) == sorted(spec["name"] for spec in FLEET)
+
+
+async def test_pagination_edges(fleet: GraphQLClient) -> None:
+    page2 = (await fleet.data(LIST, {"page": 2, "limit": 2}))["clusters"]
+    assert (page2["total"], page2["page"], page2["limit"]) == (5, 2, 2)
+    assert [item["name"] for item in page2["items"]] == ["prod-bj", "prod-sh"]
+    last = (await fleet.data(LIST, {"page": 3, "limit": 2}))["clusters"]
+    assert [item["name"] for item in last["items"]] == ["staging"]
+    past = (await fleet.data(LIST, {"page": 9, "limit": 2}))["clusters"]
+    assert past["items"] == [] and past["total"] == 5
+    counted = (await fleet.data(LIST, {"limit": 0}))["clusters"]
+    assert counted["items"] == [] and counted["total"] == 5
+    assert len((await fleet.data(LIST, {"limit": 500}))["clusters"]["items"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("variables", "argument"),
+    [({"limit": 501}, "limit"), ({"limit": -1}, "limit"), ({"page": 0}, "page")],
+)
+async def test_out_of_range_paging_is_refused_naming_the_argument(
+    fleet: GraphQLClient, variables: dict[str, int], argument: str
+) -> None:
+    body = await fleet.post(LIST, variables)
+    [error] = body["errors"]
+    assert error["message"].startswith(f"{argument}: ")
+
+
+async def test_cluster_by_id_and_unknown_or_malformed_ids(fleet: GraphQLClient) -> None:
+    listed = await fleet.data("{ clusters(limit: 1) { items { id name } } }")
+    first = listed["clusters"]["items"][0]
+    query = "query($id: ID!) { cluster(id: $id) { id name status labels { key value } } }"
+    assert (await fleet.data(query, {"id": first["id"]}))["cluster"]["name"] == first["name"]
+    unknown = await fleet.data(query, {"id": "00000000-0000-4000-8000-000000000000"})
+    assert unknown["cluster"] is None
+    malformed = await fleet.post(query, {"id": "not-a-uuid"})
+    assert malformed["errors"][0]["message"].startswith("id: ")

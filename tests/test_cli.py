@@ -1,0 +1,136 @@
+"""The `fleetql` command, run as users run it: in a subprocess, against real servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import GraphQLClient, free_port
+from tests.kubeconfigs import TOKEN, KubeconfigFactory
+
+FLEETQL = str(Path(sys.executable).parent / "fleetql")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLEETQL, *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+async def test_import_command_imports_through_the_api(
+    api: GraphQLClient, tmp_kubeconfig: Path
+) -> None:
+    result = run(
+        "import",
+        str(tmp_kubeconfig),
+        "--name",
+        "from-cli",
+        "--label",
+        "env=prod",
+        "--label",
+        "team=infra",
+        "--url",
+        api.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "imported from-cli" in result.stdout
+    data = await api.data(
+        '{ clusters(filter: {labelSelector: "env=prod,team=infra"}) { items { name } } }'
+    )
+    assert data["clusters"]["items"] == [{"name": "from-cli"}]
+    assert TOKEN not in result.stdout + result.stderr
+
+
+async def test_import_command_reports_user_errors_and_fails(
+    api: GraphQLClient, tmp_path: Path, kubeconfigs: KubeconfigFactory
+) -> None:
+    path = tmp_path / "exec.yaml"
+    path.write_text(kubeconfigs.yaml(user={"exec": {"command": "aws"}}))
+    result = run("import", str(path), "--name", "Bad Name", "--url", api.url)
+    assert result.returncode == 1
+    assert "name: INVALID_NAME" in result.stderr
+    assert "kubeconfig: UNSUPPORTED_AUTH" in result.stderr
+
+
+def test_import_command_explains_a_bad_label_and_an_unreachable_server(
+    tmp_kubeconfig: Path,
+) -> None:
+    bad = run("import", str(tmp_kubeconfig), "--name", "x", "--label", "novalue")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+    port = free_port()
+    down = run(
+        "import", str(tmp_kubeconfig), "--name", "x", "--url", f"http://127.0.0.1:{port}/graphql"
+    )
+    assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def test_bad_setting_stops_serve_naming_the_key() -> None:
+    env = {**os.environ, "FLEETQL_POLLER__CHECK_INTERVAL": "often"}
+    result = run("serve", env=env)
+    assert result.returncode == 2
+    assert "poller.check_interval" in result.stderr
+
+
+def test_schema_command_prints_the_sdl() -> None:
+    result = run("schema")
+    assert result.returncode == 0
+    assert (Path(__file__).resolve().parents[1] / "schema.graphql").read_text() == result.stdout
+
+
+def test_generate_key_prints_a_usable_key() -> None:
+    from fleetql.crypto import EncryptionKey
+
+    result = run("generate-key")
+    assert EncryptionKey.from_base64(result.stdout.strip()).key_id
+
+
+def test_serve_with_embedded_database_walkthrough(tmp_path: Path, tmp_kubeconfig: Path) -> None:
+    """The README's quick start: serve with nothing configured, import, list, stop cleanly."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
+    env.pop("DATABASE_URL", None)
+    server = subprocess.Popen(
+        [FLEETQL, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, server.communicate()[0]
+            try:
+                httpx.post(url, json={"query": "{ clusters { total } }"}, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        imported = run("import", str(tmp_kubeconfig), "--name", "laptop", "--url", url)
+        assert imported.returncode == 0, imported.stderr
+        listed = httpx.post(
+            url, json={"query": "{ clusters { total items { name status } } }"}
+        ).json()
+        assert listed["data"]["clusters"] == {
+            "total": 1,
+            "items": [{"name": "laptop", "status": "UNKNOWN"}],
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    # uvicorn re-raises SIGTERM after a graceful shutdown, as a well-behaved process does.
+    assert server.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert (tmp_path / ".fleetql" / "encryption.key").exists()
+    assert "generated a new encryption key" in output
+    assert TOKEN not in output
+    # The embedded PostgreSQL was stopped with the server.
+    assert not (tmp_path / ".fleetql" / "pgdata" / "postmaster.pid").exists()
