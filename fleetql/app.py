@@ -22,6 +22,7 @@ from fleetql.db.embedded import embedded_postgres
 from fleetql.db.engine import create_engine, create_session_factory
 from fleetql.db.keys import verify_encryption_key
 from fleetql.keystore import load_encryption_key
+from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
 from fleetql.resolvers.context import Context, Services
 from fleetql.schema import build_schema
@@ -73,7 +74,11 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings, migrate=migrate) as services:
+        async with open_services(settings, migrate=migrate) as services, AsyncExitStack() as stack:
+            if settings.poller.enabled:
+                await stack.enter_async_context(
+                    running_poller(settings, sessions=services.sessions, cipher=services.cipher)
+                )
             app.state.services = services
             yield
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-migrate", action="store_true", help="do not apply database migrations at start"
     )
     serve.set_defaults(run=_serve)
+
+    poll = commands.add_parser("poll", help="run only the health poller (no API)")
+    _add_config(poll)
+    poll.add_argument(
+        "--once", action="store_true", help="check every cluster that is due now, then exit"
+    )
+    poll.set_defaults(run=_poll)
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _add_config(migrate)
@@ -122,6 +130,38 @@ def _migrate(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with open_services(_settings(args), migrate=True):
             logger.info("database is at the latest migration")
+
+    asyncio.run(run())
+    return 0
+
+
+def _poll(args: argparse.Namespace) -> int:
+    from fleetql.app import open_services
+    from fleetql.poller.pool import ClientPool
+    from fleetql.poller.service import running_poller
+    from fleetql.poller.worker import Poller
+
+    settings = _settings(args)
+
+    async def run() -> None:
+        async with open_services(settings, migrate=False) as services:
+            if args.once:
+                async with ClientPool(max_clients=settings.cluster_manager.max_clients) as pool:
+                    poller = Poller(
+                        sessions=services.sessions,
+                        cipher=services.cipher,
+                        settings=settings.poller,
+                        pool=pool,
+                    )
+                    logger.info("checked %d clusters", await poller.sweep())
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            async with running_poller(settings, sessions=services.sessions, cipher=services.cipher):
+                await stop.wait()
+            logger.info("poller stopped")
 
     asyncio.run(run())
     return 0

@@ -120,6 +120,9 @@ class PollerSettings(_Section):
 class ClusterManagerSettings(_Section):
     max_kubeconfig_bytes: int = Field(default=512 * 1024, ge=1024)
     max_page_size: int = Field(default=500, ge=1)
+    # The client pool: at most this many cluster clients open, each closed when idle this long.
+    max_clients: int = Field(default=100, ge=1)
+    cleanup_interval: Duration = timedelta(minutes=10)
 
 
 class Settings(_Section):

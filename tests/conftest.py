@@ -89,6 +89,8 @@ def settings(database_url: str, encryption_key: EncryptionKey) -> Settings:
         overrides={
             "database": {"url": database_url, "pool_size": 5},
             "encryption": {"key": encryption_key.to_base64()},
+            # API tests own their clusters' states; poller tests run a poller of their own.
+            "poller": {"enabled": False},
         },
     )
 

@@ -40,7 +40,7 @@ class KubeconfigFactory:
     def document(
         self,
         *,
-        server: str = "https://10.0.0.1:6443",
+        server: str = "https://127.0.0.1:6443",
         user: dict[str, Any] | None = None,
         cluster: dict[str, Any] | None = None,
         context: str = "admin@prod",

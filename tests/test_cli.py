@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from fleetql.config import Settings
 from tests.conftest import GraphQLClient, free_port
 from tests.kubeconfigs import TOKEN, KubeconfigFactory
 
@@ -134,3 +135,41 @@ def test_serve_with_embedded_database_walkthrough(tmp_path: Path, tmp_kubeconfig
     assert TOKEN not in output
     # The embedded PostgreSQL was stopped with the server.
     assert not (tmp_path / ".fleetql" / "pgdata" / "postmaster.pid").exists()
+
+
+async def test_poll_once_checks_due_clusters_and_exits(
+    api: GraphQLClient, settings: Settings, database_url: str
+) -> None:
+    import asyncio
+
+    import yaml
+
+    from fleetql.sim import Simulator
+
+    async with Simulator() as sim:
+        sim.add_cluster("polled", node_count=2)
+        imported = await api.data(
+            "mutation($i: ImportClusterInput!) { importCluster(input: $i) { cluster { id } } }",
+            {"i": {"name": "polled", "kubeconfig": yaml.safe_dump(sim.kubeconfig("polled"))}},
+        )
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
+        env |= {
+            "DATABASE_URL": database_url,
+            "FLEETQL_ENCRYPTION_KEY": settings.encryption.key or "",
+        }
+        process = await asyncio.create_subprocess_exec(
+            FLEETQL,
+            "poll",
+            "--once",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+    assert process.returncode == 0, output
+    assert "checked 1 clusters" in output
+    cluster_id = imported["importCluster"]["cluster"]["id"]
+    state = await api.data(
+        "query($id: ID!) { cluster(id: $id) { status nodeCount } }", {"id": cluster_id}
+    )
+    assert state["cluster"] == {"status": "HEALTHY", "nodeCount": 2}

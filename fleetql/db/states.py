@@ -1,0 +1,145 @@
+"""The poller's side of the database: claiming due clusters and recording what a check saw.
+
+Claims use ``FOR UPDATE SKIP LOCKED`` and push the claimed rows' ``next_check_at`` forward by a
+lease, in one statement: replicas sharing a database never claim the same cluster, and a replica
+that dies mid-check leaves clusters that simply become due again when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetql.db.models import Cluster, ClusterState
+
+# The fields whose change a user cares about: a change in any of them is an event.
+WATCHED_FIELDS = (
+    "status",
+    "node_count",
+    "ready_node_count",
+    "cpu_capacity_cores",
+    "cpu_allocatable_cores",
+    "memory_capacity_bytes",
+    "memory_allocatable_bytes",
+    "kubernetes_version",
+    "last_error_code",
+    "last_error_message",
+)
+
+
+@dataclass(frozen=True)
+class DueCluster:
+    id: uuid.UUID
+    name: str
+    kubeconfig_ciphertext: bytes
+    kubeconfig_key_id: str
+    kubeconfig_format: int
+    status: str
+    consecutive_failures: int
+    last_checked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """What a check changed, handed to the event publisher once the transaction committed."""
+
+    cluster_id: uuid.UUID
+    previous_status: str
+    status: str
+    changed_fields: tuple[str, ...]
+    at: datetime
+
+
+async def claim_due_clusters(
+    session: AsyncSession, *, limit: int, lease: timedelta
+) -> list[DueCluster]:
+    """Claim up to ``limit`` due clusters for this process for ``lease``; the caller commits."""
+    due = (
+        select(ClusterState.cluster_id)
+        .join(Cluster, Cluster.id == ClusterState.cluster_id)
+        .where(
+            ClusterState.next_check_at <= func.now(),
+            Cluster.deleted_at.is_(None),
+            Cluster.kubeconfig_ciphertext.is_not(None),
+        )
+        .order_by(ClusterState.next_check_at)
+        .limit(limit)
+        .with_for_update(of=ClusterState, skip_locked=True)
+        .cte("due")
+    )
+    claim = (
+        update(ClusterState)
+        .where(ClusterState.cluster_id == due.c.cluster_id, Cluster.id == ClusterState.cluster_id)
+        .values(next_check_at=func.now() + lease)
+        .returning(
+            Cluster.id,
+            Cluster.name,
+            Cluster.kubeconfig_ciphertext,
+            Cluster.kubeconfig_key_id,
+            Cluster.kubeconfig_format,
+            ClusterState.status,
+            ClusterState.consecutive_failures,
+            ClusterState.last_checked_at,
+        )
+    )
+    rows = (await session.execute(claim)).all()
+    return [DueCluster(**row._mapping) for row in rows]
+
+
+async def record_check(
+    session: AsyncSession,
+    cluster_id: uuid.UUID,
+    values: Mapping[str, Any],
+    *,
+    next_check_in: timedelta,
+    heartbeat: bool,
+) -> StateChange | None:
+    """Write a check's result in one statement; return the change, if any field a user cares
+    about changed. ``heartbeat`` marks a successful check. A cluster removed meanwhile is left
+    alone. The caller commits."""
+    old = (
+        select(ClusterState)
+        .where(
+            ClusterState.cluster_id == cluster_id,
+            exists().where(Cluster.id == cluster_id, Cluster.deleted_at.is_(None)),
+        )
+        .with_for_update()
+        .cte("old")
+    )
+    statement = (
+        update(ClusterState)
+        .where(ClusterState.cluster_id == old.c.cluster_id)
+        .values(
+            **values,
+            **({"last_heartbeat_at": func.now()} if heartbeat else {}),
+            last_checked_at=func.now(),
+            next_check_at=func.now() + next_check_in,
+            updated_at=func.now(),
+        )
+        .returning(
+            func.now().label("at"),
+            *(old.c[name].label(f"old_{name}") for name in WATCHED_FIELDS),
+        )
+    )
+    row = (await session.execute(statement)).first()
+    if row is None:
+        return None
+    previous = {name: row._mapping[f"old_{name}"] for name in WATCHED_FIELDS}
+    changed = tuple(
+        name for name in WATCHED_FIELDS if name in values and values[name] != previous[name]
+    )
+    if not changed:
+        return None
+    return StateChange(
+        cluster_id=cluster_id,
+        previous_status=previous["status"],
+        status=values.get("status", previous["status"]),
+        changed_fields=changed,
+        at=row.at,
+    )

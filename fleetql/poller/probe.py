@@ -1,0 +1,234 @@
+"""One health check of one cluster: readiness, version, nodes and (when served) node usage.
+
+Requests go through kubernetes_asyncio's ApiClient (its configuration, auth and TLS) with
+``_preload_content=False``; bodies are parsed with orjson, never into model objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from kubernetes_asyncio.client import ApiClient
+
+from fleetql.poller.nodes import (
+    NodeListError,
+    NodeSummary,
+    UsageSummary,
+    summarize_nodes,
+    summarize_usage,
+)
+
+PAGE_SIZE = 500
+MAX_PAGES = 10_000
+MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class CheckError:
+    """Why (part of) a check failed: a stable code and a short message with no secret in it."""
+
+    code: str
+    message: str
+
+
+class CheckFailed(Exception):
+    """The check could not be completed; ``reachable`` says whether the API answered at all."""
+
+    def __init__(self, code: str, message: str, *, reachable: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.error = CheckError(code, message[:MAX_MESSAGE])
+        self.reachable = reachable
+
+
+@dataclass(frozen=True)
+class Observation:
+    ready: bool
+    not_ready_reason: str | None
+    kubernetes_version: str | None
+    nodes: NodeSummary | None
+    nodes_error: CheckError | None
+    usage: UsageSummary | None
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: bytes
+
+
+async def probe(
+    api: ApiClient, *, request_timeout: float, page_size: int = PAGE_SIZE
+) -> Observation:
+    """Check a cluster; raises CheckFailed when it cannot be reached or does not answer sanely.
+
+    ``request_timeout`` bounds each request, so a hung cluster holds its slot for a bounded time.
+    """
+    ready, reason = await _readiness(api, request_timeout)
+    version = await _version(api, request_timeout)
+    nodes: NodeSummary | None = None
+    nodes_error: CheckError | None = None
+    try:
+        nodes = summarize_nodes(await _list(api, "/api/v1/nodes", request_timeout, page_size))
+    except CheckFailed as failure:
+        if not failure.reachable:
+            raise
+        nodes_error = failure.error
+    usage = await _usage(api, request_timeout)
+    return Observation(
+        ready=ready,
+        not_ready_reason=reason,
+        kubernetes_version=version,
+        nodes=nodes,
+        nodes_error=nodes_error,
+        usage=usage,
+    )
+
+
+async def _readiness(api: ApiClient, request_timeout: float) -> tuple[bool, str | None]:
+    response = await _get(api, "/readyz", request_timeout)
+    if response.status == 404:  # API servers before 1.16 serve only /healthz
+        response = await _get(api, "/healthz", request_timeout)
+    _refuse_auth_failures(response, "/readyz")
+    if response.status == 200:
+        return True, None
+    detail = _failed_checks(response.body)
+    return False, f"API server is not ready (HTTP {response.status}){detail}"
+
+
+async def _version(api: ApiClient, request_timeout: float) -> str | None:
+    response = await _get(api, "/version", request_timeout)
+    _refuse_auth_failures(response, "/version")
+    body = _json(_expect_ok(response, "/version"), "/version")
+    version = body.get("gitVersion") if isinstance(body, dict) else None
+    if not isinstance(version, str):
+        raise CheckFailed("INVALID_RESPONSE", "/version has no gitVersion", reachable=True)
+    return version
+
+
+async def _list(
+    api: ApiClient, path: str, request_timeout: float, page_size: int
+) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    token: str | None = None
+    restarted = False
+    for _ in range(MAX_PAGES):
+        query = [("limit", str(page_size))] + ([("continue", token)] if token else [])
+        response = await _get(api, path, request_timeout, query)
+        if response.status == 410 and token and not restarted:
+            # The continue token expired mid-list; a fresh list is consistent again.
+            items, token, restarted = [], None, True
+            continue
+        _refuse_auth_failures(response, path, fatal=False)
+        page = _json(_expect_ok(response, path), path)
+        if not isinstance(page, dict) or not isinstance(page.get("items"), list):
+            raise CheckFailed("INVALID_RESPONSE", f"{path} is not a list", reachable=True)
+        items.extend(page["items"])
+        token = (page.get("metadata") or {}).get("continue") or None
+        if token is None:
+            return items
+    raise CheckFailed(
+        "INVALID_RESPONSE", f"{path} did not end after {MAX_PAGES} pages", reachable=True
+    )
+
+
+async def _usage(api: ApiClient, request_timeout: float) -> UsageSummary | None:
+    """Node usage when metrics.k8s.io is served; None when it is absent or refuses us."""
+    response = await _get(api, "/apis/metrics.k8s.io/v1beta1/nodes", request_timeout)
+    if response.status != 200:
+        return None
+    body = _json(response, "metrics.k8s.io")
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        return None
+    try:
+        return summarize_usage(body["items"])
+    except NodeListError:
+        return None
+
+
+def _expect_ok(response: _Response, path: str) -> _Response:
+    if response.status != 200:
+        raise CheckFailed(
+            "API_ERROR",
+            f"{path} answered HTTP {response.status}{_status_message(response.body)}",
+            reachable=True,
+        )
+    return response
+
+
+def _refuse_auth_failures(response: _Response, path: str, *, fatal: bool = True) -> None:
+    """401 and 403 mean our credentials are refused: unreachable, as far as we are concerned —
+    except for one resource (``fatal=False``), which only makes the check partial."""
+    codes = {401: "UNAUTHORIZED", 403: "FORBIDDEN"}
+    if response.status in codes:
+        raise CheckFailed(
+            codes[response.status],
+            f"{path}: HTTP {response.status}{_status_message(response.body)}",
+            reachable=not fatal,
+        )
+
+
+def _json(response: _Response, what: str) -> Any:
+    try:
+        return orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        raise CheckFailed("INVALID_RESPONSE", f"{what} is not valid JSON", reachable=True) from None
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        status = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return f": {message}" if isinstance(message, str) and message else ""
+
+
+def _failed_checks(body: bytes) -> str:
+    """The ``[-]`` lines of a verbose readyz answer name what is not ready."""
+    failed = [
+        line[3:].split(" ", 1)[0]
+        for line in body.decode(errors="replace").splitlines()
+        if line.startswith("[-]")
+    ]
+    return f": {', '.join(failed)} failed" if failed else ""
+
+
+async def _get(
+    api: ApiClient, path: str, request_timeout: float, query: list[tuple[str, str]] | None = None
+) -> _Response:
+    try:
+        async with asyncio.timeout(request_timeout):
+            response = await api.call_api(
+                path,
+                "GET",
+                query_params=query or [],
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=request_timeout,
+            )
+            async with response:
+                return _Response(response.status, await response.read())
+    except TimeoutError:
+        raise CheckFailed("TIMEOUT", f"{path} did not answer within {request_timeout:g}s") from None
+    except aiohttp.ClientConnectorCertificateError as error:
+        raise CheckFailed("TLS", f"certificate not trusted: {error.certificate_error}") from None
+    except (aiohttp.ClientSSLError, ssl.SSLError) as error:
+        raise CheckFailed("TLS", f"TLS handshake failed: {error}") from None
+    except aiohttp.ClientConnectorDNSError as error:
+        raise CheckFailed("DNS", f"cannot resolve {error.host}") from None
+    except aiohttp.ClientConnectorError as error:
+        raise CheckFailed(
+            "CONNECTION_REFUSED", f"cannot connect to {error.host}:{error.port}: {error.strerror}"
+        ) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
+        raise CheckFailed(
+            "CONNECTION_RESET", f"{path}: the connection was closed mid-answer"
+        ) from None
+    except aiohttp.ClientError as error:
+        raise CheckFailed("API_ERROR", f"{path}: {type(error).__name__}") from None

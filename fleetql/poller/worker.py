@@ -1,0 +1,199 @@
+"""The poller: claims due clusters from PostgreSQL and checks them, a bounded number at a time.
+
+It runs as a task in ``fleetql serve`` or alone as ``fleetql poll``. Everything it waits on is
+bounded (the client timeout per request, the lease per claim), so a hung cluster costs one slot
+for at most the timeout, and a database outage pauses it without losing a cluster: unfinished
+claims expire and the clusters become due again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import yaml
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from fleetql.config import PollerSettings
+from fleetql.crypto import DecryptionError, EncryptedBlob, KubeconfigCipher
+from fleetql.db.states import DueCluster, StateChange, claim_due_clusters, record_check
+from fleetql.poller.assessment import failed_values, observed_values
+from fleetql.poller.client import build_api_client
+from fleetql.poller.pool import ClientPool
+from fleetql.poller.probe import CheckFailed, probe
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[StateChange], Awaitable[None]]
+
+
+async def publish_nothing(change: StateChange) -> None:
+    """The default hook, until subscriptions deliver events."""
+    return None
+
+
+@dataclass
+class PollerStats:
+    checks: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    database_errors: int = 0
+
+
+@dataclass
+class Poller:
+    sessions: async_sessionmaker[AsyncSession]
+    cipher: KubeconfigCipher
+    settings: PollerSettings
+    pool: ClientPool
+    publish: Publish = publish_nothing
+    idle_wait: float = 1.0
+    # Added to the requests' worst case to make a claim's lease; a dead replica's claims return
+    # to the pool after it.
+    lease_margin: timedelta = timedelta(seconds=30)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    stats: PollerStats = field(default_factory=PollerStats)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def lease(self) -> timedelta:
+        # Long enough for a check's requests (readyz, version, node pages, metrics) to time out.
+        return self.settings.client_timeout * 4 + self.lease_margin
+
+    async def run(self) -> None:
+        """Claim and check until cancelled; in-flight checks are cancelled with it."""
+        backoff = 1.0
+        try:
+            while True:
+                free = self.settings.max_concurrency - len(self._tasks)
+                claimed: list[DueCluster] = []
+                if free > 0:
+                    try:
+                        claimed = await self._claim(free)
+                        backoff = 1.0
+                    except (OSError, OperationalError, DBAPIError) as error:
+                        self.stats.database_errors += 1
+                        logger.warning(
+                            "cannot claim clusters (%s); retrying in %.0fs",
+                            type(error).__name__,
+                            backoff,
+                        )
+                        await self.sleep(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                        continue
+                for due in claimed:
+                    self._start(due)
+                if not claimed or len(self._tasks) >= self.settings.max_concurrency:
+                    await self._wait_for_slot_or_timeout()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def sweep(self) -> int:
+        """Check every cluster that is due now, then return how many were checked (for tests,
+        benchmarks and ``fleetql poll --once``)."""
+        checked = 0
+        while claimed := await self._claim(self.settings.max_concurrency):
+            await asyncio.gather(*(self.check(due) for due in claimed))
+            checked += len(claimed)
+        return checked
+
+    async def _claim(self, limit: int) -> list[DueCluster]:
+        async with self.sessions() as session:
+            claimed = await claim_due_clusters(session, limit=limit, lease=self.lease)
+            await session.commit()
+        return claimed
+
+    def _start(self, due: DueCluster) -> None:
+        task = asyncio.create_task(self.check(due), name=f"poller.check.{due.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("check task %s crashed", task.get_name(), exc_info=error)
+
+    async def _wait_for_slot_or_timeout(self) -> None:
+        self._slot_freed.clear()
+        try:
+            async with asyncio.timeout(self.idle_wait):
+                await self._slot_freed.wait()
+        except TimeoutError:
+            pass
+
+    async def check(self, due: DueCluster) -> None:
+        """Check one claimed cluster and record the result; publish after the commit."""
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        try:
+            values, heartbeat, next_check_in = await self._observe(due)
+        finally:
+            self.stats.in_flight -= 1
+        self.stats.checks += 1
+        try:
+            async with self.sessions() as session:
+                change = await record_check(
+                    session, due.id, values, next_check_in=next_check_in, heartbeat=heartbeat
+                )
+                await session.commit()
+        except (OSError, OperationalError, DBAPIError) as error:
+            # The claim's lease expires and the cluster is checked again: nothing is lost.
+            self.stats.database_errors += 1
+            logger.warning("cannot record the check of %s: %s", due.name, type(error).__name__)
+            return
+        if change is not None:
+            await self.publish(change)
+
+    async def _observe(self, due: DueCluster) -> tuple[dict[str, object], bool, timedelta]:
+        timeout = self.settings.client_timeout.total_seconds()
+        try:
+            document, fingerprint = self._kubeconfig(due)
+            async with self.pool.client(
+                due.id, fingerprint, lambda: build_api_client(document)
+            ) as api:
+                observation = await probe(api, request_timeout=timeout)
+        except CheckFailed as failure:
+            self.stats.failures += 1
+            failures = due.consecutive_failures + 1
+            logger.info(
+                "check of %s failed (%s): %s", due.name, failure.error.code, failure.error.message
+            )
+            values = failed_values(
+                failure,
+                consecutive_failures=failures,
+                retry_attempts=self.settings.retry_attempts,
+            )
+            retrying = failures <= self.settings.retry_attempts
+            return values, False, self.settings.retry_delay if retrying else self._interval(due)
+        return observed_values(observation), True, self._interval(due)
+
+    def _kubeconfig(self, due: DueCluster) -> tuple[dict[str, object], str]:
+        blob = EncryptedBlob(
+            due.kubeconfig_format, due.kubeconfig_key_id, due.kubeconfig_ciphertext
+        )
+        try:
+            plaintext = self.cipher.decrypt(blob, cluster_id=due.id)
+        except DecryptionError as error:
+            raise CheckFailed("INVALID_KUBECONFIG", str(error)) from None
+        fingerprint = hashlib.sha256(due.kubeconfig_ciphertext).hexdigest()
+        document = yaml.safe_load(plaintext)
+        return document, fingerprint
+
+    def _interval(self, due: DueCluster) -> timedelta:
+        """Spread checks over the interval: a first check lands anywhere in it (so a fleet
+        imported at once does not stay in lockstep), later ones vary by ±10 %."""
+        interval = self.settings.check_interval
+        if due.last_checked_at is None:
+            return interval * random.uniform(0.1, 1.0)
+        return interval * random.uniform(0.9, 1.1)
