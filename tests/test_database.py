@@ -108,15 +108,16 @@ async def test_external_database_without_key_is_refused(database_url: str) -> No
             pass
 
 
-async def test_embedded_database_generates_a_private_key_and_keeps_it(tmp_path: Path) -> None:
+async def test_embedded_database_generates_a_private_key_and_keeps_it(scratch_dir: Path) -> None:
     settings = load_settings(
-        environ={}, overrides={"database": {"embedded_data_dir": str(tmp_path / "data" / "pgdata")}}
+        environ={},
+        overrides={"database": {"embedded_data_dir": str(scratch_dir / "data" / "pgdata")}},
     )
     async with open_services(settings) as services, services.sessions() as session:
         from sqlalchemy import text
 
         assert (await session.execute(text("SELECT count(*) FROM clusters"))).scalar() == 0
-    key_file = tmp_path / "data" / "encryption.key"
+    key_file = scratch_dir / "data" / "encryption.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     first_key = key_file.read_text()
     async with open_services(settings):

