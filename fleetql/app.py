@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
@@ -12,20 +14,26 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
 from fleetql.db import migrations
+from fleetql.db.clusters import ClusterRecord, get_clusters
 from fleetql.db.embedded import embedded_postgres
 from fleetql.db.engine import create_engine, create_session_factory
 from fleetql.db.keys import verify_encryption_key
+from fleetql.demo import demo_fleet
+from fleetql.events.backends import create_backend
+from fleetql.events.bus import EventBus
 from fleetql.keystore import load_encryption_key
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
 from fleetql.resolvers.context import Context, Services
 from fleetql.schema import build_schema
+from fleetql.server import ABORT_EXTENSION
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +45,52 @@ class FleetGraphQL(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         services: Services = request.app.state.services
-        return Context(services=services, request_id=request_id_of(request.scope))
+        closer: ConnectionCloser = request.app.state.closer
+        return Context(
+            services=services,
+            request_id=request_id_of(request.scope),
+            close_connection=closer.for_websocket(request)
+            if isinstance(request, WebSocket)
+            else None,
+        )
+
+
+class ConnectionCloser:
+    """Closes websockets on the bus's behalf, aborting those whose peer stopped reading."""
+
+    def __init__(self, *, timeout: float = 2.0) -> None:
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def for_websocket(self, websocket: WebSocket) -> Callable[[int, str], None]:
+        def close(code: int, reason: str) -> None:
+            if self._closed:
+                return  # shutting down: uvicorn closes every websocket itself
+            task = asyncio.create_task(self._close(websocket, code, reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return close
+
+    async def _close(self, websocket: WebSocket, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await websocket.close(code=code, reason=reason)
+        except TimeoutError:
+            # The close frame cannot even be written: the peer is not reading. Drop it.
+            abort = websocket.scope.get("extensions", {}).get(ABORT_EXTENSION)
+            if abort is not None:
+                abort()
+            logger.warning("aborted a websocket that did not take its close frame (%d)", code)
+        except (RuntimeError, OSError, WebSocketDisconnect):
+            pass  # already closed or gone
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @asynccontextmanager
@@ -63,13 +116,36 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             )
             await session.commit()
         logger.info("encryption key %s verified against the stored kubeconfigs", key.key_id)
-        yield Services(settings=settings, sessions=sessions, cipher=cipher)
+
+        async def load_clusters(ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, ClusterRecord]:
+            async with sessions() as session:
+                return await get_clusters(session, ids)
+
+        events = await stack.enter_async_context(
+            EventBus(
+                create_backend(settings.events.url, database_url=url),
+                load_clusters=load_clusters,
+                queue_size=settings.events.subscriber_queue_size,
+            )
+        )
+        yield Services(settings=settings, sessions=sessions, cipher=cipher, events=events)
 
 
-def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, *, migrate: bool = True, demo_clusters: int = 0, demo_nodes: int = 20
+) -> Starlette:
+    """The ASGI app; ``demo_clusters`` > 0 also runs a simulated fleet (``serve --demo``)."""
     graphql = FleetGraphQL(
         build_schema(settings.server),
         graphql_ide="graphiql" if settings.server.graphiql else None,
+        # Both protocols: graphql-transport-ws, and the legacy graphql-ws older consoles speak.
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+        connection_init_wait_timeout=settings.events.connection_init_timeout,
+        # The legacy protocol's "ka" messages; graphql-transport-ws relies on websocket pings.
+        keep_alive=True,
+        keep_alive_interval=settings.events.ping_interval.total_seconds(),
+        max_subscriptions_per_connection=settings.events.max_subscriptions_per_connection,
+        allowed_origins=settings.server.cors_origins,
     )
 
     @asynccontextmanager
@@ -77,9 +153,21 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
         async with open_services(settings, migrate=migrate) as services, AsyncExitStack() as stack:
             if settings.poller.enabled:
                 await stack.enter_async_context(
-                    running_poller(settings, sessions=services.sessions, cipher=services.cipher)
+                    running_poller(
+                        settings,
+                        sessions=services.sessions,
+                        cipher=services.cipher,
+                        publish=services.events.publish_change,
+                    )
                 )
+            if demo_clusters > 0:
+                await stack.enter_async_context(
+                    demo_fleet(services, count=demo_clusters, nodes=demo_nodes)
+                )
+            closer = ConnectionCloser()
+            stack.push_async_callback(closer.aclose)
             app.state.services = services
+            app.state.closer = closer
             yield
 
     return Starlette(

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import httpx
 from fleetql.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger("fleetql")
+
+_DEMO_EVERY = timedelta(seconds=10)
 
 IMPORT_MUTATION = """
 mutation Import($input: ImportClusterInput!) {
@@ -59,7 +62,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-migrate", action="store_true", help="do not apply database migrations at start"
     )
+    serve.add_argument(
+        "--demo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also simulate N clusters in-process, import them and check them every 10s",
+    )
+    serve.add_argument(
+        "--demo-nodes", type=int, default=20, metavar="M", help="nodes per demo cluster (20)"
+    )
     serve.set_defaults(run=_serve)
+
+    simulate = commands.add_parser(
+        "simulate", help="simulate Kubernetes clusters over TLS and write their kubeconfigs"
+    )
+    simulate.add_argument("--clusters", type=int, default=20, help="how many (default 20)")
+    simulate.add_argument("--nodes", type=int, default=50, help="nodes per cluster (default 50)")
+    simulate.add_argument("--out", type=Path, required=True, help="folder for <name>.yaml files")
+    simulate.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=0, help="HTTPS port (default: any free)")
+    simulate.add_argument("--prefix", default="sim", help="cluster name prefix (default sim)")
+    simulate.set_defaults(run=_simulate)
 
     poll = commands.add_parser("poll", help="run only the health poller (no API)")
     _add_config(poll)
@@ -108,20 +132,60 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fleetql.app import create_app
+    from fleetql.server import uvicorn_config
 
+    if args.demo < 0 or args.demo_nodes < 0:
+        print("fleetql: --demo and --demo-nodes must not be negative", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = _settings(args, overrides)
-    app = create_app(settings, migrate=not args.no_migrate)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        lifespan="on",
+    if args.demo:
+        # A demo should move: check its clusters often, whatever the configured interval.
+        poller = settings.poller.model_copy(update={"enabled": True, "check_interval": _DEMO_EVERY})
+        settings = settings.model_copy(update={"poller": poller})
+    app = create_app(
+        settings,
+        migrate=not args.no_migrate,
+        demo_clusters=args.demo,
+        demo_nodes=args.demo_nodes,
     )
+    config = uvicorn_config(app, settings, log_level=settings.server.log_level)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fleetql.sim.cluster import SimCluster
+    from fleetql.sim.runner import run_simulator
+    from fleetql.sim.simulator import Simulator
+
+    if args.clusters < 0 or args.nodes < 0:
+        print("fleetql: --clusters and --nodes must not be negative", file=sys.stderr)
+        return 2
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # one banner is enough
+
+    def announce(sim: Simulator, fleet: list[SimCluster]) -> None:
+        first = fleet[0].name if fleet else f"{args.prefix}-001"
+        print(
+            f"Simulating {len(fleet)} clusters of {args.nodes} nodes at {sim.base_url}/clusters/\n"
+            f"Kubeconfigs are in {args.out}/ (import one: fleetql import {args.out}/{first}.yaml"
+            f" --name {first}). Ctrl-C stops.",
+            flush=True,
+        )
+
+    asyncio.run(
+        run_simulator(
+            clusters=args.clusters,
+            nodes=args.nodes,
+            host=args.host,
+            port=args.port,
+            prefix=args.prefix,
+            kubeconfig_dir=args.out,
+            on_ready=announce,
+        )
+    )
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -152,6 +216,7 @@ def _poll(args: argparse.Namespace) -> int:
                         cipher=services.cipher,
                         settings=settings.poller,
                         pool=pool,
+                        publish=services.events.publish_change,
                     )
                     logger.info("checked %d clusters", await poller.sweep())
                 return
@@ -159,7 +224,12 @@ def _poll(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
-            async with running_poller(settings, sessions=services.sessions, cipher=services.cipher):
+            async with running_poller(
+                settings,
+                sessions=services.sessions,
+                cipher=services.cipher,
+                publish=services.events.publish_change,
+            ):
                 await stop.wait()
             logger.info("poller stopped")
 

@@ -1,6 +1,6 @@
 """Settings: a YAML file, overridden key by key from the environment.
 
-Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``,
+Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``, ``events``,
 ``cluster_manager``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain ``DATABASE_URL`` and
 ``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and secret stores set.
 Unknown keys and bad values stop the start with a message that names the key, because a typo in
@@ -125,12 +125,46 @@ class ClusterManagerSettings(_Section):
     cleanup_interval: Duration = timedelta(minutes=10)
 
 
+class EventsSettings(_Section):
+    """How cluster events reach subscribers; see README "Live updates"."""
+
+    # memory:// (one process), postgres:// (LISTEN/NOTIFY on the configured database; give a
+    # full postgresql://... URL for another one) or redis://host:6379/0.
+    url: str = Field(default="memory://", repr=False)
+    # Events held for one subscriber that is not reading; past this its connection is closed.
+    # An entry is a reference to an event all subscribers share, so a generous bound is cheap
+    # and lets a fast client ride out a burst (a whole fleet changing at once).
+    subscriber_queue_size: int = Field(default=4096, ge=1)
+    # A websocket must send connection_init within this time or it is closed (4408).
+    connection_init_timeout: Duration = timedelta(seconds=3)
+    # Server pings on every websocket; a peer that does not answer in ping_timeout is dropped.
+    ping_interval: Duration = timedelta(seconds=20)
+    ping_timeout: Duration = timedelta(seconds=20)
+    max_subscriptions_per_connection: int = Field(default=50, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in _EVENT_SCHEMES:
+            raise ValueError(
+                f"must start with one of {', '.join(s + '://' for s in sorted(_EVENT_SCHEMES))}"
+            )
+        return value
+
+
+_EVENT_SCHEMES = frozenset(
+    {"memory", "postgres", "postgresql", "postgresql+asyncpg", "redis", "rediss"}
+)
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
     encryption: EncryptionSettings = EncryptionSettings()
     poller: PollerSettings = PollerSettings()
     cluster_manager: ClusterManagerSettings = ClusterManagerSettings()
+    events: EventsSettings = EventsSettings()
 
 
 def load_settings(

@@ -23,6 +23,7 @@ import uvicorn
 from fleetql.app import create_app
 from fleetql.config import Settings, load_settings
 from fleetql.crypto import EncryptionKey
+from fleetql.server import uvicorn_config
 from tests.kubeconfigs import KubeconfigFactory
 
 TEST_DATABASE = "fleetql_test"
@@ -129,18 +130,34 @@ def free_port() -> int:
 class ThreadedServer:
     """A real uvicorn server on 127.0.0.1, in a thread with its own event loop."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
         self.port = free_port()
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-            )
+            uvicorn_config(app, settings, host="127.0.0.1", port=self.port, log_level="warning")
         )
-        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, name="test-uvicorn", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    async def call(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the server's event loop (e.g. to reach its event bus)."""
+        assert self.loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
@@ -158,7 +175,7 @@ class ThreadedServer:
 
 @pytest.fixture(scope="session")
 def server(settings: Settings) -> Iterator[ThreadedServer]:
-    with ThreadedServer(create_app(settings)) as running:
+    with ThreadedServer(create_app(settings), settings) as running:
         yield running
 
 

@@ -173,3 +173,73 @@ async def test_poll_once_checks_due_clusters_and_exits(
         "query($id: ID!) { cluster(id: $id) { status nodeCount } }", {"id": cluster_id}
     )
     assert state["cluster"] == {"status": "HEALTHY", "nodeCount": 2}
+
+
+async def test_simulate_writes_importable_kubeconfigs(
+    api: GraphQLClient, scratch_dir: Path
+) -> None:
+    import asyncio
+
+    out = scratch_dir / "kubeconfigs"
+    process = await asyncio.create_subprocess_exec(
+        *(FLEETQL, "simulate", "--clusters", "3", "--nodes", "2", "--out", str(out)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        banner = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert banner.startswith("Simulating 3 clusters of 2 nodes at https://127.0.0.1:"), banner
+        files = sorted(out.glob("*.yaml"))
+        assert [f.name for f in files] == ["sim-001.yaml", "sim-002.yaml", "sim-003.yaml"]
+        assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+        imported = await asyncio.to_thread(
+            run, "import", str(files[0]), "--name", "sim-001", "--url", api.url
+        )
+        assert imported.returncode == 0, imported.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.communicate(), 30)
+
+
+async def test_serve_demo_imports_a_live_fleet(
+    api: GraphQLClient, settings: Settings, database_url: str
+) -> None:
+    import asyncio
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
+    env |= {
+        "DATABASE_URL": database_url,
+        "FLEETQL_ENCRYPTION_KEY": settings.encryption.key or "",
+    }
+    process = await asyncio.create_subprocess_exec(
+        *(FLEETQL, "serve", "--port", str(port), "--demo", "4", "--demo-nodes", "3"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+    query = "{ clusters { total items { name status nodeCount labels { key value } } } }"
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                assert process.returncode is None
+                try:
+                    body = (await http.post(url, json={"query": query})).json()
+                    items = body["data"]["clusters"]["items"]
+                    if len(items) == 4 and all(i["status"] == "HEALTHY" for i in items):
+                        break
+                except httpx.TransportError:
+                    pass
+                assert loop.time() < deadline, "the demo fleet did not come up healthy"
+                await asyncio.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+    assert [i["name"] for i in items] == ["demo-001", "demo-002", "demo-003", "demo-004"]
+    assert all(i["nodeCount"] == 3 for i in items)
+    assert {"key": "fleetql.io/demo", "value": "true"} in items[0]["labels"]
+    assert "demo: 4 simulated clusters" in output

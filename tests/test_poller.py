@@ -350,7 +350,7 @@ async def test_serve_checks_a_newly_imported_cluster_within_seconds(
     polling = settings.model_copy(
         update={"poller": PollerSettings(enabled=True, check_interval=timedelta(minutes=5))}
     )
-    with ThreadedServer(create_app(polling, migrate=False)):
+    with ThreadedServer(create_app(polling, migrate=False), polling):
         cluster_id = await fleet.add("fresh", node_count=2)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10

@@ -13,7 +13,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, false, func, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.models import Cluster, ClusterState, ClusterStatus
@@ -225,6 +237,16 @@ async def get_cluster(session: AsyncSession, cluster_id: uuid.UUID) -> ClusterRe
     return None if row is None else _to_record(row)
 
 
+async def get_clusters(
+    session: AsyncSession, cluster_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, ClusterRecord]:
+    """The live clusters among ``cluster_ids``, by id, in one statement."""
+    if not cluster_ids:
+        return {}
+    rows = (await session.execute(_live_clusters().where(Cluster.id.in_(cluster_ids)))).all()
+    return {record.id: record for record in map(_to_record, rows)}
+
+
 async def name_is_taken(session: AsyncSession, name: str) -> bool:
     query = select(Cluster.id).where(Cluster.name == name, Cluster.deleted_at.is_(None))
     return (await session.execute(query)).first() is not None
@@ -260,3 +282,37 @@ async def insert_cluster(session: AsyncSession, new: NewCluster) -> None:
     await session.flush()
     session.add(ClusterState(cluster_id=new.id, status=ClusterStatus.UNKNOWN.value))
     await session.flush()
+
+
+async def find_cluster_id(session: AsyncSession, name: str) -> uuid.UUID | None:
+    """The id of the live cluster called ``name``."""
+    query = select(Cluster.id).where(Cluster.name == name, Cluster.deleted_at.is_(None))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def replace_kubeconfig(
+    session: AsyncSession,
+    cluster_id: uuid.UUID,
+    *,
+    api_server_url: str,
+    kubeconfig_ciphertext: bytes,
+    kubeconfig_key_id: str,
+    kubeconfig_format: int,
+) -> None:
+    """Store new credentials and make the cluster due for a check now. The caller commits."""
+    await session.execute(
+        update(Cluster)
+        .where(Cluster.id == cluster_id)
+        .values(
+            api_server_url=api_server_url,
+            kubeconfig_ciphertext=kubeconfig_ciphertext,
+            kubeconfig_key_id=kubeconfig_key_id,
+            kubeconfig_format=kubeconfig_format,
+            updated_at=func.now(),
+        )
+    )
+    await session.execute(
+        update(ClusterState)
+        .where(ClusterState.cluster_id == cluster_id)
+        .values(next_check_at=func.now())
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
+from fleetql.events.bus import EventBus
 
 
 @dataclass(frozen=True)
@@ -17,9 +19,13 @@ class Services:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     cipher: KubeconfigCipher
+    events: EventBus
 
 
 @dataclass(frozen=True)
 class Context:
     services: Services
     request_id: str
+    # Over a websocket: close the whole connection with a code and a reason (e.g. a subscriber
+    # that fell behind). Over HTTP there is no connection to close.
+    close_connection: Callable[[int, str], None] | None = None

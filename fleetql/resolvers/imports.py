@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 
 from fleetql.db import clusters as db
+from fleetql.events.model import ClusterEvent, EventKind
 from fleetql.kubeconfig import (
     KubeconfigError,
     ResolvedKubeconfig,
@@ -131,4 +132,30 @@ async def import_cluster(
             await session.rollback()
             return ImportResult(cluster=None, user_errors=[taken])
         record = await db.get_cluster(session, cluster_id)
+    await context.services.events.publish(
+        ClusterEvent(kind=EventKind.IMPORTED, cluster_id=cluster_id, status="UNKNOWN")
+    )
     return ImportResult(cluster=record)
+
+
+async def refresh_kubeconfig(context: Context, *, name: str, kubeconfig: str) -> UserError | None:
+    """Give the existing cluster ``name`` a new kubeconfig (the demo fleet's simulator has new
+    certificates each run). Returns the problem, if any; nothing is stored then."""
+    resolved = await resolve_kubeconfig(context, kubeconfig, None)
+    if isinstance(resolved, UserError):
+        return resolved
+    async with context.services.sessions() as session:
+        cluster_id = await db.find_cluster_id(session, name)
+        if cluster_id is None:
+            return UserError("name", "NOT_FOUND", f"no cluster named {name!r}")
+        blob = context.services.cipher.encrypt(resolved.to_yaml(), cluster_id=cluster_id)
+        await db.replace_kubeconfig(
+            session,
+            cluster_id,
+            api_server_url=resolved.server,
+            kubeconfig_ciphertext=blob.payload,
+            kubeconfig_key_id=blob.key_id,
+            kubeconfig_format=blob.format_version,
+        )
+        await session.commit()
+    return None

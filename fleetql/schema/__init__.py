@@ -23,6 +23,7 @@ from fleetql.schema.limits import query_limits_rule
 from fleetql.schema.mutation import Mutation
 from fleetql.schema.query import Query
 from fleetql.schema.scalars import SCALAR_MAP
+from fleetql.schema.subscription import Subscription
 
 logger = logging.getLogger("fleetql.graphql")
 
@@ -66,6 +67,7 @@ def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
     return FleetSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),

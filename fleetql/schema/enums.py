@@ -9,6 +9,7 @@ import strawberry
 
 from fleetql.db.clusters import OrderField
 from fleetql.db.models import ClusterStatus as StoredStatus
+from fleetql.events.model import EventKind
 
 # The stored enum is the GraphQL enum too: one list of statuses, registered with strawberry here.
 strawberry.enum(
@@ -29,3 +30,11 @@ class ClusterOrderField(enum.Enum):
 class OrderDirection(enum.Enum):
     ASC = "asc"
     DESC = "desc"
+
+
+strawberry.enum(
+    EventKind,
+    name="ClusterEventKind",
+    description="IMPORTED and REMOVED for a cluster's lifecycle, STATE_CHANGED after a check.",
+)
+ClusterEventKind: TypeAlias = EventKind

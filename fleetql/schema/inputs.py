@@ -29,6 +29,22 @@ class ClusterFilter:
     )
 
 
+@strawberry.input(description="Every condition given must hold; with none, every cluster.")
+class ClusterEventFilter:
+    ids: list[strawberry.ID] | None = None
+    labels: list[LabelInput] | None = strawberry.field(
+        default=None, description="Clusters carrying all of these labels."
+    )
+    label_selector: str | None = strawberry.field(
+        default=None,
+        description="kubectl syntax: env=prod,tier!=db,region in (sh,bj),!deprecated,team",
+    )
+    status: list[ClusterStatus] | None = strawberry.field(
+        default=None,
+        description="Events whose status or previous status is one of these.",
+    )
+
+
 @strawberry.input
 class ClusterOrder:
     field: ClusterOrderField = ClusterOrderField.NAME

@@ -8,9 +8,10 @@ from typing import Self
 import strawberry
 
 from fleetql.db.clusters import ClusterRecord
+from fleetql.events.bus import Delivery
 from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
 from fleetql.resolvers.errors import UserError as UserErrorResult
-from fleetql.schema.enums import ClusterStatus
+from fleetql.schema.enums import ClusterEventKind, ClusterStatus
 from fleetql.schema.scalars import Long
 
 
@@ -122,3 +123,54 @@ class UserError:
 class ImportClusterPayload:
     cluster: Cluster | None
     user_errors: list[UserError]
+
+
+# Stored column names as the Cluster type names its fields; both error columns are lastError.
+_FIELD_NAMES = {
+    "status": "status",
+    "node_count": "nodeCount",
+    "ready_node_count": "readyNodeCount",
+    "cpu_capacity_cores": "cpuCapacityCores",
+    "cpu_allocatable_cores": "cpuAllocatableCores",
+    "cpu_usage_cores": "cpuUsageCores",
+    "memory_capacity_bytes": "memoryCapacityBytes",
+    "memory_allocatable_bytes": "memoryAllocatableBytes",
+    "memory_usage_bytes": "memoryUsageBytes",
+    "kubernetes_version": "kubernetesVersion",
+    "last_error_code": "lastError",
+    "last_error_message": "lastError",
+}
+
+
+@strawberry.type(description="A committed change to one cluster.")
+class ClusterEvent:
+    kind: ClusterEventKind
+    cluster_id: strawberry.ID
+    cluster: Cluster | None = strawberry.field(
+        description=(
+            "The cluster as stored when this event was delivered: never older than the change "
+            "the event reports. Null once the cluster is removed."
+        )
+    )
+    previous_status: ClusterStatus | None = strawberry.field(description="Null for an import.")
+    status: ClusterStatus
+    changed_fields: list[str] = strawberry.field(
+        description="Names of the Cluster fields that changed, e.g. status, readyNodeCount."
+    )
+    at: datetime = strawberry.field(description="When the change was committed.")
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery) -> Self:
+        event = delivery.event
+        changed = dict.fromkeys(_FIELD_NAMES.get(name, name) for name in event.changed_fields)
+        return cls(
+            kind=event.kind,
+            cluster_id=strawberry.ID(str(event.cluster_id)),
+            cluster=None if delivery.cluster is None else Cluster.from_row(delivery.cluster),
+            previous_status=(
+                None if event.previous_status is None else ClusterStatus(event.previous_status)
+            ),
+            status=ClusterStatus(event.status),
+            changed_fields=list(changed),
+            at=event.at,
+        )

