@@ -25,8 +25,9 @@ from fleetql.sim import ClusterSpec, NodeShape, SimCluster, Simulator
 CAPTURES = Path(__file__).resolve().parent / "k8s_captures"
 # Fields whose keys are data (Go maps), not structure: the simulator may carry more keys there.
 MAP_FIELDS = {"labels", "annotations", "capacity", "allocatable", "fieldsV1"}
-# omitempty fields a real kubelet-registered node has and the captured (curl-made) nodes lack.
-OPTIONAL_FIELDS = {"annotations"}
+# omitempty fields a real kubelet-registered node has and the captured (curl-made) nodes lack;
+# status.images is checked against the kubelet's shape in test_sim_faults.py instead.
+OPTIONAL_FIELDS = {"annotations", "images"}
 
 
 def capture_json(name: str) -> Any:

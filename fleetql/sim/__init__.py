@@ -2,7 +2,9 @@
 
 ``async with Simulator() as sim:`` serves every cluster added with ``sim.add_cluster`` under
 ``https://127.0.0.1:PORT/clusters/<name>``, answering /version, /readyz, /livez, /healthz, /api,
-/apis, /api/v1/nodes (paginated) and metrics.k8s.io node metrics the way a real apiserver does.
+/apis, /api/v1/nodes (paginated) and metrics.k8s.io node metrics the way a real apiserver does,
+to a bearer token or a client certificate. ``ClusterSpec`` fields inject faults (slowness, failing
+checks, RBAC refusals, garbled JSON, connection resets, a wrong CA, revoked credentials).
 """
 
 from fleetql.sim.cluster import SimCluster

@@ -2,8 +2,9 @@
 
 Plain ASGI rather than a framework router: every benchmark request passes through here, and the
 work per request is a dictionary lookup, a token compare and sending cached bytes. Requests go
-through the same stages as in kube-apiserver: (delay, injected failure,) authentication,
-authorization, then the handler.
+through the same stages as in kube-apiserver: (delay, injected reset or failure,) authentication,
+authorization, then the handler. What ASGI does not carry (the client certificate, a way to reset
+the connection) comes from the connection registry that uvicorn's protocol fills in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from urllib.parse import parse_qs
 import orjson
 
 from fleetql.sim import statuses
-from fleetql.sim.cluster import SimCluster
+from fleetql.sim.cluster import RequestGauge, SimCluster
+from fleetql.sim.connections import Connection, ConnectionRegistry
 from fleetql.sim.discovery import api_groups_body, api_versions_body, metrics_resources_body
 from fleetql.sim.health import health_body
 
@@ -41,6 +43,9 @@ _NOT_FOUND_TEXT = b"404 page not found\n"
 # What system:anonymous may GET on a default cluster (the system:public-info-viewer role).
 _PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez"})
 _HEALTH = {"/readyz": "readyz", "/livez": "livez", "/healthz": "healthz"}
+_NODES = "/api/v1/nodes"
+# The user a kubeadm admin kubeconfig's token or client certificate authenticates as.
+ADMIN_USER = "kubernetes-admin"
 _FLOW_SCHEMA_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "fleetql-sim/flowschema")).encode()
 _PRIORITY_LEVEL_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "fleetql-sim/prioritylevel")).encode()
 
@@ -49,12 +54,22 @@ class SimulatorApp:
     """Routes ``/clusters/<name><path>`` to the named ``SimCluster``.
 
     ``stopping`` is set when the simulator shuts down: delayed ("slow", "hung") requests end then,
-    so shutdown never waits for a delay to run out.
+    so shutdown never waits for a delay to run out. ``connections`` is filled in by the tracking
+    protocol (connections.py); ``load`` gauges the requests in flight across all clusters.
     """
 
-    def __init__(self, clusters: Mapping[str, SimCluster], *, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        clusters: Mapping[str, SimCluster],
+        *,
+        stopping: asyncio.Event,
+        connections: ConnectionRegistry,
+        load: RequestGauge,
+    ) -> None:
         self._clusters = clusters
         self._stopping = stopping
+        self._connections = connections
+        self._load = load
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,14 +84,34 @@ class SimulatorApp:
             await _respond(send, 404, _NOT_FOUND_TEXT, _TEXT, nosniff=True)
             return
         cluster.requests += 1
-        if cluster.spec.delay > 0 and await self._stopped_during(cluster.spec.delay):
+        cluster.requests_by_path[path] += 1
+        with self._load.track(), cluster.load.track():
+            await self._serve(cluster, scope, path, receive, send)
+
+    async def _serve(
+        self, cluster: SimCluster, scope: Scope, path: str, receive: Receive, send: Send
+    ) -> None:
+        spec = cluster.spec
+        if spec.delay > 0 and await self._stopped_during(spec.delay):
             await _respond(send, 503, statuses.transient_failure(503), _JSON)
+            return
+        connection = self._connections.get(tuple(scope["client"] or ()))
+        if connection is None:
+            return  # the client hung up while the request was held back: nobody to answer
+        if spec.wrong_ca and not cluster.has_own_port:
+            raise ValueError(
+                f"cluster {cluster.name!r} shares the simulator's port, whose certificate cannot "
+                "change; create it with own_port=True to set wrong_ca"
+            )
+        # wrong_ca: this connection was opened before the CA "changed"; the next one fails TLS.
+        if spec.reset_connections or spec.wrong_ca:
+            await _reset(connection, receive)
             return
         failure = cluster.take_failure()
         if failure is not None:
             await _respond(send, failure, statuses.transient_failure(failure), _JSON)
             return
-        await _Request(cluster, scope, path, send).handle()
+        await _Request(cluster, scope, path, send, client_user=connection.client_user).handle()
 
     async def _stopped_during(self, delay: float) -> bool:
         """Wait ``delay`` seconds (math.inf: forever); True if the simulator stopped meanwhile."""
@@ -90,11 +125,20 @@ class SimulatorApp:
 class _Request:
     """One request to one cluster, past the injected delays and failures."""
 
-    def __init__(self, cluster: SimCluster, scope: Scope, path: str, send: Send) -> None:
+    def __init__(
+        self,
+        cluster: SimCluster,
+        scope: Scope,
+        path: str,
+        send: Send,
+        *,
+        client_user: str | None,
+    ) -> None:
         self.cluster = cluster
         self.scope = scope
         self.path = path.rstrip("/") or "/"
         self.send = send
+        self.client_user = client_user
         self.query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
 
     async def handle(self) -> None:
@@ -105,13 +149,22 @@ class _Request:
         if self.scope["method"] not in ("GET", "HEAD"):
             await self._json(405, statuses.method_not_allowed())
             return
-        if user == statuses.ANONYMOUS and self.path not in _PUBLIC_PATHS:
+        forbidden_nodes = self.cluster.spec.forbid_nodes and _within(self.path, _NODES)
+        if forbidden_nodes or (user == statuses.ANONYMOUS and self.path not in _PUBLIC_PATHS):
             await _respond(self.send, 403, self._forbidden_body(user), _JSON)
             return
         await self._route()
 
     def _authenticate(self) -> str | None:
-        """The user name, ``system:anonymous`` without credentials, None for a wrong token."""
+        """The user name, ``system:anonymous`` without credentials, None when refused.
+
+        kube-apiserver tries the x509 authenticator before tokens, so a verified client
+        certificate decides who the user is whatever token comes with it.
+        """
+        if self.cluster.spec.auth_fails:
+            return None
+        if self.client_user is not None:
+            return self.client_user
         header = dict(self.scope["headers"]).get(b"authorization")
         if header is None:
             return statuses.ANONYMOUS
@@ -120,16 +173,16 @@ class _Request:
             token.strip().encode(), self.cluster.spec.token.encode()
         ):
             return None
-        return "kubernetes-admin"
+        return ADMIN_USER
 
     def _forbidden_body(self, user: str) -> bytes:
-        if self.path.startswith("/api/v1/nodes"):
-            return statuses.forbidden(user, _verb(self.path, "/api/v1/nodes"), "nodes")
+        if _within(self.path, _NODES):
+            verb, name = _verb_and_name(self.path, _NODES)
+            return statuses.forbidden(user, verb, "nodes", name=name)
         metrics_nodes = "/apis/metrics.k8s.io/v1beta1/nodes"
-        if self.path.startswith(metrics_nodes) and self.cluster.spec.metrics_served:
-            return statuses.forbidden(
-                user, _verb(self.path, metrics_nodes), "nodes", "metrics.k8s.io"
-            )
+        if _within(self.path, metrics_nodes) and self.cluster.spec.metrics_served:
+            verb, name = _verb_and_name(self.path, metrics_nodes)
+            return statuses.forbidden(user, verb, "nodes", "metrics.k8s.io", name=name)
         return statuses.forbidden(user, "get", "", path=self.path)
 
     async def _route(self) -> None:
@@ -139,10 +192,10 @@ class _Request:
             await self._json(200, self.cluster.version_body())
         elif path in _HEALTH:
             await self._health(_HEALTH[path])
-        elif path == "/api/v1/nodes":
+        elif path == _NODES:
             await self._list_nodes()
-        elif path.startswith("/api/v1/nodes/"):
-            await self._get_node(path.removeprefix("/api/v1/nodes/"))
+        elif path.startswith(_NODES + "/"):
+            await self._get_node(path.removeprefix(_NODES + "/"))
         elif path == "/api":
             await self._json(200, api_versions_body(_server_address(self.scope)))
         elif path == "/apis":
@@ -215,11 +268,28 @@ class _Request:
         return values[0] if values else ""
 
     async def _json(self, status: int, body: bytes) -> None:
+        if status == 200 and self.cluster.spec.malformed_json:
+            body = body[: len(body) // 2]
         await _respond(self.send, status, body, _JSON, flow_control=True)
 
 
-def _verb(path: str, collection: str) -> str:
-    return "list" if path == collection else "get"
+def _within(path: str, collection: str) -> bool:
+    return path == collection or path.startswith(collection + "/")
+
+
+def _verb_and_name(path: str, collection: str) -> tuple[str, str]:
+    """``list`` for the collection, ``get`` and the object's name below it."""
+    if path == collection:
+        return "list", ""
+    return "get", path.removeprefix(collection + "/")
+
+
+async def _reset(connection: Connection, receive: Receive) -> None:
+    """Reset the request's connection without an answer, then wait until uvicorn has seen it
+    go: an app that returns without answering on a live connection gets a 500 sent for it."""
+    connection.reset()
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _server_address(scope: Scope) -> str:

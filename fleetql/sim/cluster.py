@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ from fleetql.sim.nodes import NodeState, node_list_body, render_node, render_nod
 from fleetql.sim.ports import DedicatedPort
 from fleetql.sim.spec import ClusterSpec
 
-__all__ = ["NodeListing", "SimCluster"]
+__all__ = ["NodeListing", "RequestGauge", "SimCluster"]
 
 # metrics-server scrapes kubelets every 15 s; its timestamps move in those steps.
 _METRICS_RESOLUTION = 15.0
@@ -29,7 +31,8 @@ _METRICS_RESOLUTION = 15.0
 class NodeListing:
     """The nodes of one rendering, in name order, with the list's resourceVersion.
 
-    Only the full NodeList body is kept (about 4 KB a node; 200,000 nodes in a benchmark): node
+    Only the full NodeList body is kept (about 10 KB a node, most of it ``status.images``; 200,000
+    nodes in a benchmark): node
     ``i`` is ``full_body[bounds[i] : bounds[i + 1] - 1]``, so a page is one slice of it.
     """
 
@@ -49,8 +52,35 @@ class NodeListing:
         return node_list_body(metadata, items)
 
 
+class RequestGauge:
+    """How many requests are being handled now (delayed ones too), and the most there were at
+    once since the last ``reset_peak``: what a test of a concurrency limit asserts on."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one request for as long as the block runs."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def reset_peak(self) -> None:
+        """Start measuring the peak afresh from the requests in flight now."""
+        self.peak_in_flight = self.in_flight
+
+
 class SimCluster:
-    """A simulated cluster: change ``spec`` fields, or call ``fail_next``, between requests."""
+    """A simulated cluster: change ``spec`` fields, or call ``fail_next``, between requests.
+
+    ``requests`` counts every request, ``requests_by_path`` counts them by the path after the
+    cluster's prefix (without the query), and ``load`` gauges those in flight.
+    """
 
     def __init__(
         self,
@@ -73,6 +103,8 @@ class SimCluster:
         self._metrics: tuple[tuple[object, ...], bytes] | None = None
         self._version: tuple[tuple[str, str], bytes] | None = None
         self.requests = 0
+        self.requests_by_path: Counter[str] = Counter()
+        self.load = RequestGauge()
 
     @property
     def name(self) -> str:
@@ -83,6 +115,21 @@ class SimCluster:
     def server_url(self) -> str:
         """The URL a kubeconfig's ``server`` field holds for this cluster."""
         return self._server_url
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this cluster being handled now, including delayed ones."""
+        return self.load.in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests of this cluster handled at once since it was added (or reset)."""
+        return self.load.peak_in_flight
+
+    @property
+    def has_own_port(self) -> bool:
+        """Whether the cluster listens on a port of its own (``own_port=True``)."""
+        return self._port is not None
 
     @property
     def down(self) -> bool:

@@ -1,8 +1,8 @@
 """Node and NodeMetrics objects in the exact JSON shape kube-apiserver and metrics-server send.
 
 Key order, nesting and types follow a real v1.28 apiserver (see shared/k8s-captures/nodes.json);
-the node's conditions, annotations and hugepages resources are the ones a real kubelet posts.
-Each node is rendered to bytes once, so a list page is a join of ready-made byte strings.
+the node's conditions, annotations, hugepages resources and images are the ones a real kubelet
+posts. Each node is rendered to bytes once, so a list page is a join of ready-made byte strings.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from fleetql.sim.images import node_images
 from fleetql.sim.spec import NodeShape
 
 __all__ = ["NodeState", "node_labels", "node_list_body", "render_node", "render_node_metrics_list"]
@@ -81,6 +82,7 @@ _STATUS_FIELDS: dict[str, Any] = {
             **{f'k:{{"type":"{kind}"}}': _CONDITION_FIELDS for kind, _, _ in _PRESSURE_CONDITIONS},
             'k:{"type":"Ready"}': _CONDITION_FIELDS,
         },
+        "f:images": {},
         "f:nodeInfo": _NODE_INFO_FIELDS,
     }
 }
@@ -201,6 +203,7 @@ def render_node(node: NodeState) -> bytes:
                 "operatingSystem": "linux",
                 "architecture": shape.architecture,
             },
+            "images": node_images(node.name, node.kubelet_version),
         },
     }
     return orjson.dumps(document)

@@ -5,23 +5,31 @@ cluster created with ``own_port=True`` instead gets this listener: bytes are pip
 shared server (TLS still ends there, the certificate covers 127.0.0.1), and closing it makes new
 connections fail with a real ECONNREFUSED while open ones are reset, just as when an apiserver or
 its load balancer dies. Reopening listens on the same port, so kubeconfigs stay valid.
+
+While ``impostor`` returns a TLS context, TLS ends here instead, with that context's certificate
+from another CA: the client's verification fails as when a cluster's CA was rotated under it or a
+proxy intercepts. A client that skips verification gets nothing but a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from fleetql.sim.connections import reset_transport
 
 __all__ = ["DedicatedPort"]
 
 _log = logging.getLogger(__name__)
 _CHUNK = 65536
+_HANDSHAKE_TIMEOUT = 5.0
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+Impostor = Callable[[], ssl.SSLContext | None]
 
 
 class DedicatedPort:
@@ -32,10 +40,13 @@ class DedicatedPort:
     connection is refused while the accept loop starts in a task given by ``spawn``.
     """
 
-    def __init__(self, *, host: str, target_port: int, spawn: Spawn) -> None:
+    def __init__(
+        self, *, host: str, target_port: int, spawn: Spawn, impostor: Impostor | None = None
+    ) -> None:
         self._host = host
         self._target_port = target_port
         self._spawn = spawn
+        self._impostor = impostor
         self._port = 0
         self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
@@ -102,6 +113,10 @@ class DedicatedPort:
         self._writers.add(writer)
         upstream: asyncio.StreamWriter | None = None
         try:
+            impostor = self._impostor() if self._impostor is not None else None
+            if impostor is not None:
+                await writer.start_tls(impostor, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
+                return
             upstream_reader, upstream = await asyncio.open_connection(self._host, self._target_port)
             self._writers.add(upstream)
             async with asyncio.TaskGroup() as group:
@@ -119,10 +134,15 @@ class DedicatedPort:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF, then pass the half-close on so HTTP keep-alive ends cleanly."""
-    with contextlib.suppress(ConnectionError):
+    """Copy until EOF, then pass the half-close on so HTTP keep-alive ends cleanly; pass a reset
+    on as a reset, so a client sees the server's crash and not an orderly close."""
+    try:
         while data := await reader.read(_CHUNK):
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+    except ConnectionResetError:
+        reset_transport(writer.transport)
+    except ConnectionError:
+        pass

@@ -4,6 +4,10 @@ Each cluster lives under its own path prefix, ``https://127.0.0.1:PORT/clusters/
 kubeconfig ``server`` URL may carry a path and Kubernetes clients append theirs to it, so one
 listener and one certificate serve thousands of clusters. The uvicorn server runs as a task of the
 current event loop and is stopped, with every task the simulator started, on exit.
+
+The server asks for (but does not require) a client certificate: one signed by the simulator's CA
+authenticates its CN, as kube-apiserver's x509 authenticator does, so a kubeconfig may carry a
+token or a client certificate (``kubeconfig(name, auth="client-certificate")``).
 """
 
 from __future__ import annotations
@@ -13,19 +17,22 @@ import base64
 import logging
 import secrets
 import socket
+import ssl
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import uvicorn
+import yaml
 
-from fleetql.sim.app import CLUSTER_PREFIX, SimulatorApp
-from fleetql.sim.cluster import SimCluster
+from fleetql.sim.app import ADMIN_USER, CLUSTER_PREFIX, SimulatorApp
+from fleetql.sim.cluster import RequestGauge, SimCluster
+from fleetql.sim.connections import ConnectionRegistry, tracking_protocol
 from fleetql.sim.ports import DedicatedPort
 from fleetql.sim.spec import ClusterSpec
-from fleetql.sim.tls import ServerCertificates, issue_certificates
+from fleetql.sim.tls import CertificateAuthority, KeyPair
 
 __all__ = ["Simulator"]
 
@@ -49,12 +56,16 @@ class Simulator:
         self._ports: list[DedicatedPort] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._certificates: ServerCertificates | None = None
+        self._connections: ConnectionRegistry = {}
+        self._load = RequestGauge()
+        self._authority: CertificateAuthority | None = None
+        self._impostor: ssl.SSLContext | None = None
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        self._certificates = issue_certificates(hosts=_certificate_hosts(self._host))
+        self._authority = CertificateAuthority()
+        server_pair = self._authority.issue_server(_certificate_hosts(self._host))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -62,11 +73,22 @@ class Simulator:
             self._port = sock.getsockname()[1]
             with tempfile.TemporaryDirectory(prefix="fleetql-sim-") as directory:
                 # uvicorn loads the key pair from files; they are read at config load, then deleted.
-                cert_file, key_file = _write_key_pair(Path(directory), self._certificates)
+                cert_file, key_file = _write_key_pair(Path(directory), server_pair)
+                ca_file = Path(directory) / "ca.crt"
+                ca_file.write_bytes(self._authority.ca_pem)
+                app = SimulatorApp(
+                    self._clusters,
+                    stopping=self._stopping,
+                    connections=self._connections,
+                    load=self._load,
+                )
                 config = uvicorn.Config(
-                    SimulatorApp(self._clusters, stopping=self._stopping),
+                    app,
+                    http=tracking_protocol(self._connections),
                     ssl_certfile=cert_file,
                     ssl_keyfile=key_file,
+                    ssl_ca_certs=ca_file,
+                    ssl_cert_reqs=ssl.CERT_OPTIONAL,
                     lifespan="off",
                     log_config=None,
                     access_log=False,
@@ -109,9 +131,23 @@ class Simulator:
     @property
     def ca_pem(self) -> bytes:
         """The CA certificate (PEM) that signed the server certificate; clients trust this."""
-        if self._certificates is None:
-            raise RuntimeError("the simulator is not running; use it inside 'async with'")
-        return self._certificates.ca_pem
+        return self._running_authority().ca_pem
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now across all clusters, including delayed ones."""
+        return self._load.in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests handled at once across all clusters since start or ``reset_peaks``."""
+        return self._load.peak_in_flight
+
+    def reset_peaks(self) -> None:
+        """Measure ``peak_in_flight`` afresh, the simulator's and every cluster's."""
+        self._load.reset_peak()
+        for cluster in self._clusters.values():
+            cluster.load.reset_peak()
 
     @property
     def clusters(self) -> dict[str, SimCluster]:
@@ -122,7 +158,8 @@ class Simulator:
         """Add a cluster; ``spec`` holds ``ClusterSpec`` fields, ``token`` defaults to a random one.
 
         ``own_port=True`` gives it a port of its own, so that ``cluster.down = True`` can refuse
-        connections (see ``ports.py``); otherwise it shares the simulator's port.
+        connections and ``spec.wrong_ca = True`` can present another CA's certificate (see
+        ``ports.py``); otherwise it shares the simulator's port.
         """
         if self._server is None:
             raise RuntimeError("the simulator is not running; use it inside 'async with'")
@@ -130,10 +167,22 @@ class Simulator:
             raise ValueError(f"cluster name {name!r} is empty, has a '/' or is already taken")
         spec.setdefault("token", secrets.token_urlsafe(24))
         cluster_spec = ClusterSpec(name=name, **spec)
+        if cluster_spec.wrong_ca and not own_port:
+            raise ValueError(
+                f"cluster {name!r}: wrong_ca needs own_port=True, since the shared port's "
+                "certificate serves every other cluster too"
+            )
         port = None
         base = self.base_url
         if own_port:
-            port = DedicatedPort(host=self._host, target_port=self._port, spawn=self._spawn)
+
+            def impostor() -> ssl.SSLContext | None:
+                # ``cluster`` is bound below, before the port's accept loop first runs.
+                return self._impostor_context() if cluster.spec.wrong_ca else None
+
+            port = DedicatedPort(
+                host=self._host, target_port=self._port, spawn=self._spawn, impostor=impostor
+            )
             port.open()
             self._ports.append(port)
             base = f"https://{self._host}:{port.port}"
@@ -162,12 +211,34 @@ class Simulator:
         """The cluster's API server URL, as a kubeconfig's ``server`` holds it."""
         return self.cluster(name).server_url
 
-    def kubeconfig(self, name: str, *, token: str | None = None) -> dict[str, Any]:
+    def kubeconfig(
+        self,
+        name: str,
+        *,
+        token: str | None = None,
+        auth: Literal["token", "client-certificate"] = "token",
+        common_name: str = ADMIN_USER,
+    ) -> dict[str, Any]:
         """A complete kubeconfig for one cluster: CA data and a bearer-token user.
 
         ``token`` replaces the cluster's real token, e.g. to test a rejected credential.
+        ``auth="client-certificate"`` gives the user a fresh client certificate and key from the
+        simulator's CA instead, authenticating as ``common_name``.
         """
         cluster = self.cluster(name)
+        credentials: dict[str, str]
+        if auth == "client-certificate":
+            if token is not None:
+                raise ValueError("token= applies to auth='token' only")
+            pair = self._running_authority().issue_client(common_name)
+            credentials = {
+                "client-certificate-data": base64.b64encode(pair.cert_pem).decode(),
+                "client-key-data": base64.b64encode(pair.key_pem).decode(),
+            }
+        elif auth == "token":
+            credentials = {"token": token or cluster.spec.token}
+        else:
+            raise ValueError(f"auth must be 'token' or 'client-certificate', not {auth!r}")
         user = f"{name}-admin"
         return {
             "apiVersion": "v1",
@@ -181,16 +252,37 @@ class Simulator:
                     },
                 }
             ],
-            "users": [{"name": user, "user": {"token": token or cluster.spec.token}}],
+            "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
             "current-context": name,
             "preferences": {},
         }
 
+    def kubeconfig_yaml(self, name: str, **options: Any) -> str:
+        """``kubeconfig(name, **options)`` as the YAML text a file or an import holds."""
+        return yaml.safe_dump(self.kubeconfig(name, **options), sort_keys=False)
+
     async def wait_closed(self) -> None:
         """Wait until the server stops (e.g. on SIGINT in the foreground runner)."""
         if self._serve_task is not None:
             await asyncio.shield(self._serve_task)
+
+    def _running_authority(self) -> CertificateAuthority:
+        if self._authority is None:
+            raise RuntimeError("the simulator is not running; use it inside 'async with'")
+        return self._authority
+
+    def _impostor_context(self) -> ssl.SSLContext:
+        """A server TLS context for the same hosts, from a CA no kubeconfig trusts (made once)."""
+        if self._impostor is None:
+            authority = CertificateAuthority("fleetql-sim-impostor-ca")
+            pair = authority.issue_server(_certificate_hosts(self._host))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            with tempfile.TemporaryDirectory(prefix="fleetql-sim-") as directory:
+                cert_file, key_file = _write_key_pair(Path(directory), pair)
+                context.load_cert_chain(cert_file, key_file)
+            self._impostor = context
+        return self._impostor
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine, name=name)
@@ -241,11 +333,11 @@ class Simulator:
         self._server = None
 
 
-def _write_key_pair(directory: Path, certificates: ServerCertificates) -> tuple[Path, Path]:
+def _write_key_pair(directory: Path, pair: KeyPair) -> tuple[Path, Path]:
     cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    cert_file.write_bytes(certificates.cert_pem)
+    cert_file.write_bytes(pair.cert_pem)
     key_file.touch(mode=0o600)
-    key_file.write_bytes(certificates.key_pem)
+    key_file.write_bytes(pair.key_pem)
     return cert_file, key_file
 
 

@@ -60,6 +60,22 @@ class ClusterSpec:
     unhealthy_status: int = 500
     # Seconds every response of this cluster is held back; math.inf holds it until shutdown.
     delay: float = 0.0
+    # The credentials' identity lacks RBAC rights on nodes: /api/v1/nodes (list and get) answers
+    # the 403 Forbidden Status of status-403-nodes.json; every other path still works.
+    forbid_nodes: bool = False
+    # Every JSON answer that would be 200 (version, discovery, nodes, metrics) is cut in half:
+    # 200, Content-Type application/json, a body no JSON parser accepts. Health text is unaffected.
+    malformed_json: bool = False
+    # Each request's TCP connection is reset (RST, no HTTP response, no TLS close_notify) once the
+    # request has been read, as when an apiserver or its load balancer crashes mid-request.
+    reset_connections: bool = False
+    # Connections are answered with a certificate from another CA, as when a cluster's CA was
+    # rotated or a proxy intercepts; clients fail verification. Needs ``own_port=True``; applies
+    # to connections opened after it is set, and resets open ones at their next request.
+    wrong_ca: bool = False
+    # Every request, even one with the right token or client certificate, gets the 401 Status
+    # (status-401.json), as when the credential was revoked or the token webhook is down.
+    auth_fails: bool = False
 
     def __post_init__(self) -> None:
         if self.node_count < 0:

@@ -47,19 +47,24 @@ def unauthorized() -> bytes:
     return status_body(401, "Unauthorized", "Unauthorized")
 
 
-def forbidden(user: str, verb: str, resource: str, group: str = "", *, path: str = "") -> bytes:
-    """RBAC's refusal: for a resource as in status-403-*.json, else ``cannot get path``."""
+def forbidden(
+    user: str, verb: str, resource: str, group: str = "", *, name: str = "", path: str = ""
+) -> bytes:
+    """RBAC's refusal: for a resource (or one ``name``d object of it) as in status-403-*.json,
+    else ``cannot get path``."""
     if not resource:
         return status_body(
             403, "Forbidden", f'forbidden: User "{user}" cannot {verb} path "{path}"', {}
         )
     qualified = f"{resource}.{group}" if group else resource
+    subject = f'{qualified} "{name}"' if name else qualified
     message = (
-        f'{qualified} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
         f'in API group "{group}" at the cluster scope'
     )
-    details = {"group": group, "kind": resource} if group else {"kind": resource}
-    return status_body(403, "Forbidden", message, details)
+    # StatusDetails' fields in Go's order, empty ones omitted.
+    details = {"name": name, "group": group, "kind": resource}
+    return status_body(403, "Forbidden", message, {k: v for k, v in details.items() if v})
 
 
 def node_not_found(name: str) -> bytes:
