@@ -81,3 +81,26 @@ def test_bad_value_is_not_echoed() -> None:
 def test_unreadable_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "missing.yaml", environ={})
+
+
+def test_key_file_is_read_and_its_problems_named(tmp_path: Path) -> None:
+    from fleetql.config import EncryptionSettings
+    from fleetql.crypto import EncryptionKey
+    from fleetql.keystore import load_encryption_key
+
+    key = EncryptionKey.generate()
+    good = tmp_path / "key"
+    good.write_text(key.to_base64() + "\n")
+    good.chmod(0o600)
+    assert (
+        load_encryption_key(EncryptionSettings(key_file=good), generate_in=None).key_id
+        == key.key_id
+    )
+
+    short = tmp_path / "short"
+    short.write_text("c2hvcnQ=")
+    short.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"encryption.key_file \(.*short\).*32"):
+        load_encryption_key(EncryptionSettings(key_file=short), generate_in=None)
+    with pytest.raises(ConfigError, match=r"encryption.key_file: cannot read .*missing"):
+        load_encryption_key(EncryptionSettings(key_file=tmp_path / "missing"), generate_in=None)

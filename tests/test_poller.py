@@ -186,6 +186,21 @@ async def test_unreachable_only_after_retries_then_recovery_clears_the_error(fle
     assert state["lastError"] is None and state["consecutiveFailures"] == 0
 
 
+async def test_unresolvable_host_is_a_dns_error(fleet: Fleet) -> None:
+    fleet.sim.add_cluster("nowhere")
+    kubeconfig = fleet.sim.kubeconfig("nowhere")
+    kubeconfig["clusters"][0]["cluster"]["server"] = "https://no-such-host.invalid:6443"
+    data = await fleet.api.data(
+        IMPORT, {"input": {"name": "nowhere", "kubeconfig": yaml.safe_dump(kubeconfig)}}
+    )
+    cluster_id = data["importCluster"]["cluster"]["id"]
+    await sweep(fleet.poller(retry_attempts=0))
+    state = await fleet.state(cluster_id)
+    assert state["status"] == "UNREACHABLE"
+    assert state["lastError"]["code"] == "DNS"
+    assert "no-such-host.invalid" in state["lastError"]["message"]
+
+
 async def test_status_is_kept_while_retries_remain(fleet: Fleet) -> None:
     cluster_id = await fleet.add("steady")
     await sweep(fleet.poller())
