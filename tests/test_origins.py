@@ -12,6 +12,7 @@ from websockets.exceptions import InvalidStatus
 from fleetql.app import create_app
 from fleetql.config import ServerSettings, Settings
 from tests.conftest import ThreadedServer
+from tests.wsclient import GraphQLWebSocket
 
 CONSOLE = "https://console.example.com"
 
@@ -55,3 +56,17 @@ async def test_only_a_configured_origin_may_open_the_websocket(
         ):
             pass
     assert refused.value.response.status_code == 403
+
+
+async def test_graphiql_subscribes_over_a_same_origin_websocket(server: ThreadedServer) -> None:
+    """What GraphiQL in a browser does: the page derives ws://host/graphql from its own URL and
+    opens it with the page's origin, which is accepted without any configured origin."""
+    async with httpx.AsyncClient() as http:
+        page = await http.get(server.url, headers={"accept": "text/html"})
+    assert page.status_code == 200
+    assert "subscriptionUrl" in page.text and "httpUrlToWebSockeUrl(fetchURL)" in page.text
+    own_origin = server.url.removesuffix("/graphql")
+    async with GraphQLWebSocket.open(server.ws_url, origin=own_origin) as ws:
+        operation = await ws.subscribe("subscription { clusterStateChanged { kind } }")
+        assert (await ws.query("{ clusters(limit: 0) { total } }"))["clusters"]["total"] >= 0
+        assert ws.pending(operation) == 0

@@ -331,3 +331,34 @@ async def test_a_stalled_client_is_cut_off_while_others_go_on(live: Live) -> Non
         live.sim.cluster("busy").spec.ready_nodes = 1
         event = await event_where(healthy, wide, lambda e: e["status"] == "DEGRADED")
         assert event["clusterId"] == cluster_id
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(
+    settings: Settings, live_server: ThreadedServer
+) -> None:
+    """Server pings find dead consoles that TCP alone would keep for hours."""
+    from websockets.exceptions import ConnectionClosed
+
+    pinging = settings.model_copy(
+        update={
+            "events": EventsSettings(
+                ping_interval=timedelta(milliseconds=300), ping_timeout=timedelta(milliseconds=300)
+            )
+        }
+    )
+    with ThreadedServer(create_app(pinging, migrate=False), pinging) as server:
+        async with GraphQLWebSocket.open(server.ws_url) as answering:
+            await answering.subscribe(SMALL_EVENTS)
+            async with GraphQLWebSocket.open(server.ws_url) as silent:
+                await silent.subscribe(SMALL_EVENTS)
+                silent.stop_reading()
+                silent.connection.transport.pause_reading()  # no pongs from here on
+                await asyncio.sleep(1.5)
+                silent.connection.transport.resume_reading()
+                with pytest.raises(ConnectionClosed) as closed:
+                    async with asyncio.timeout(5):
+                        while True:
+                            await silent.connection.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+            # The one that answers stays connected and usable.
+            assert (await answering.query("{ clusters(limit: 0) { total } }"))["clusters"]
