@@ -24,10 +24,12 @@ from fleetql.db import migrations
 from fleetql.db.clusters import ClusterRecord, get_clusters
 from fleetql.db.embedded import embedded_postgres
 from fleetql.db.engine import create_engine, create_session_factory
+from fleetql.db.events import LoggedEvent, events_by_id
 from fleetql.db.keys import verify_encryption_key
 from fleetql.demo import demo_fleet
 from fleetql.events.backends import create_backend
 from fleetql.events.bus import EventBus
+from fleetql.events.relay import EventRelay
 from fleetql.keystore import load_encryption_key
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
@@ -94,8 +96,11 @@ class ConnectionCloser:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
-    """Database (embedded or external), migrations, and the key check, closed in reverse."""
+async def open_services(
+    settings: Settings, *, migrate: bool = True, relay_events: bool = True
+) -> AsyncIterator[Services]:
+    """Database (embedded or external), migrations, the key check and the event bus, closed in
+    reverse. ``relay_events`` runs this process's candidate for event relay leader."""
     async with AsyncExitStack() as stack:
         url = settings.database.url
         generate_key_in = None
@@ -121,14 +126,32 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             async with sessions() as session:
                 return await get_clusters(session, ids)
 
+        async def load_events(ids: Sequence[int]) -> Mapping[int, LoggedEvent]:
+            async with sessions() as session:
+                return await events_by_id(session, ids)
+
         events = await stack.enter_async_context(
             EventBus(
                 create_backend(settings.events.url, database_url=url),
+                load_events=load_events,
                 load_clusters=load_clusters,
                 queue_size=settings.events.subscriber_queue_size,
             )
         )
-        yield Services(settings=settings, sessions=sessions, cipher=cipher, events=events)
+        relay = EventRelay(
+            url, sessions, events, shared=not settings.events.url.startswith("memory:")
+        )
+        if relay_events:
+            relay_task = asyncio.create_task(relay.run(), name="events.relay")
+            stack.push_async_callback(_cancel, relay_task)
+        yield Services(
+            settings=settings, sessions=sessions, cipher=cipher, events=events, relay=relay
+        )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def create_app(
@@ -157,7 +180,7 @@ def create_app(
                         settings,
                         sessions=services.sessions,
                         cipher=services.cipher,
-                        publish=services.events.publish_change,
+                        publish=services.relay.wake_after,
                     )
                 )
             if demo_clusters > 0:

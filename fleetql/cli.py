@@ -192,7 +192,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from fleetql.app import open_services
 
     async def run() -> None:
-        async with open_services(_settings(args), migrate=True):
+        async with open_services(_settings(args), migrate=True, relay_events=False):
             logger.info("database is at the latest migration")
 
     asyncio.run(run())
@@ -208,7 +208,8 @@ def _poll(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def run() -> None:
-        async with open_services(settings, migrate=False) as services:
+        # API replicas relay the events this process logs (see README, "Several replicas").
+        async with open_services(settings, migrate=False, relay_events=False) as services:
             if args.once:
                 async with ClientPool(max_clients=settings.cluster_manager.max_clients) as pool:
                     poller = Poller(
@@ -216,7 +217,7 @@ def _poll(args: argparse.Namespace) -> int:
                         cipher=services.cipher,
                         settings=settings.poller,
                         pool=pool,
-                        publish=services.events.publish_change,
+                        publish=services.relay.wake_after,
                     )
                     logger.info("checked %d clusters", await poller.sweep())
                 return
@@ -228,7 +229,7 @@ def _poll(args: argparse.Namespace) -> int:
                 settings,
                 sessions=services.sessions,
                 cipher=services.cipher,
-                publish=services.events.publish_change,
+                publish=services.relay.wake_after,
             ):
                 await stop.wait()
             logger.info("poller stopped")

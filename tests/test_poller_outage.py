@@ -54,7 +54,12 @@ async def test_poller_resumes_after_postgres_restarts(scratch_dir: Path) -> None
             poller = Poller(
                 sessions=services.sessions,
                 cipher=services.cipher,
-                settings=PollerSettings(check_interval=timedelta(milliseconds=300)),
+                # A check whose result cannot be written during the outage is retried when its
+                # lease (4 x client_timeout + lease_margin) runs out: keep that short here.
+                settings=PollerSettings(
+                    check_interval=timedelta(milliseconds=300),
+                    client_timeout=timedelta(seconds=1),
+                ),
                 pool=ClientPool(),
                 idle_wait=0.05,
                 lease_margin=timedelta(seconds=1),

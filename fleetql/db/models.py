@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Identity,
     Integer,
     LargeBinary,
     Numeric,
@@ -59,6 +60,11 @@ class Cluster(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column()
+    version: Mapped[int] = mapped_column(BigInteger, server_default="1")
+    credential_kind: Mapped[str | None] = mapped_column(Text)
+    credential_expires_at: Mapped[datetime | None] = mapped_column()
+    credential_subject: Mapped[str | None] = mapped_column(Text)
+    credential_warned_at: Mapped[datetime | None] = mapped_column()
 
     state: Mapped[ClusterState] = relationship(back_populates="cluster", lazy="raise")
 
@@ -87,8 +93,48 @@ class ClusterState(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
     next_check_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    pending_status: Mapped[str | None] = mapped_column(Text)
+    pending_count: Mapped[int] = mapped_column(Integer, server_default="0")
 
     cluster: Mapped[Cluster] = relationship(back_populates="state", lazy="raise")
+
+
+class EventType(enum.StrEnum):
+    """What an entry of the event log records."""
+
+    IMPORTED = "IMPORTED"
+    UPDATED = "UPDATED"
+    REMOVED = "REMOVED"
+    STATUS_CHANGED = "STATUS_CHANGED"
+    VERSION_CHANGED = "VERSION_CHANGED"
+    NODES_CHANGED = "NODES_CHANGED"
+    CHECK_FAILED = "CHECK_FAILED"
+    RECOVERED = "RECOVERED"
+    CREDENTIAL_EXPIRING = "CREDENTIAL_EXPIRING"
+
+
+class ClusterEventRecord(Base):
+    """One entry of the event log, written in the transaction of the change it records."""
+
+    __tablename__ = "cluster_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    cluster_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("clusters.id"))
+    type: Mapped[str] = mapped_column(Text)
+    previous_status: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(Text)
+    changes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    message: Mapped[str] = mapped_column(Text, server_default="")
+    actor: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class EventRelayPosition(Base):
+    __tablename__ = "event_relay"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    pruned_through: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class EncryptionKeyRecord(Base):

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.models import Cluster, ClusterState
+from fleetql.db.events import NewEvent, log_events
+from fleetql.db.models import Cluster, ClusterState, EventType
 
 # The fields whose change a user cares about: a change in any of them is an event.
 WATCHED_FIELDS = (
@@ -125,6 +126,7 @@ async def record_check(
         .returning(
             func.now().label("at"),
             *(old.c[name].label(f"old_{name}") for name in WATCHED_FIELDS),
+            old.c.consecutive_failures.label("old_consecutive_failures"),
         )
     )
     row = (await session.execute(statement)).first()
@@ -133,6 +135,17 @@ async def record_check(
     previous = {name: row._mapping[f"old_{name}"] for name in WATCHED_FIELDS}
     changed = tuple(
         name for name in WATCHED_FIELDS if name in values and values[name] != previous[name]
+    )
+    await log_events(
+        session,
+        check_events(
+            cluster_id,
+            previous,
+            values,
+            changed,
+            failures_before=row.old_consecutive_failures,
+            succeeded=heartbeat,
+        ),
     )
     if not changed:
         return None
@@ -143,3 +156,59 @@ async def record_check(
         changed_fields=changed,
         at=row.at,
     )
+
+
+_NODE_FIELDS = frozenset(
+    {
+        "node_count",
+        "ready_node_count",
+        "cpu_capacity_cores",
+        "cpu_allocatable_cores",
+        "memory_capacity_bytes",
+        "memory_allocatable_bytes",
+    }
+)
+
+
+def check_events(
+    cluster_id: uuid.UUID,
+    previous: Mapping[str, Any],
+    values: Mapping[str, Any],
+    changed: tuple[str, ...],
+    *,
+    failures_before: int,
+    succeeded: bool,
+) -> list[NewEvent]:
+    """The log entries one check writes: what changed (status first, else version, else nodes),
+    and the start or end of a failure streak, once each."""
+    before = previous["status"]
+    after = values.get("status", before)
+    changes = {name: (previous[name], values[name]) for name in changed}
+    events: list[NewEvent] = []
+
+    def event(kind: EventType, message: str) -> NewEvent:
+        return NewEvent(
+            cluster_id=cluster_id,
+            type=kind,
+            previous_status=before,
+            status=after,
+            changes=changes,
+            message=message,
+        )
+
+    if "status" in changed:
+        events.append(event(EventType.STATUS_CHANGED, f"status {before} → {after}"))
+    elif "kubernetes_version" in changed:
+        old, new = changes["kubernetes_version"]
+        events.append(event(EventType.VERSION_CHANGED, f"Kubernetes {old} → {new}"))
+    elif _NODE_FIELDS.intersection(changed):
+        ready, total = values.get("ready_node_count"), values.get("node_count")
+        events.append(event(EventType.NODES_CHANGED, f"{ready} of {total} nodes Ready"))
+    if not succeeded and failures_before == 0:
+        code = values.get("last_error_code") or "ERROR"
+        events.append(event(EventType.CHECK_FAILED, f"check failed: {code}"))
+    elif succeeded and failures_before > 0:
+        events.append(
+            event(EventType.RECOVERED, f"check succeeded after {failures_before} failures")
+        )
+    return events

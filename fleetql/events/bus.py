@@ -2,9 +2,10 @@
 
 broadcaster gives every subscriber an unbounded queue and delivers to them one after another, so
 one stalled websocket would grow memory without limit and delay everyone behind it. Here the
-process holds a single broadcaster subscription; a dispatcher task loads each event's cluster
-once (a batch of events in one statement) and offers it to every matching subscriber without
-waiting. A subscriber whose queue is full is cut off with a reason instead of slowing the rest.
+process holds a single broadcaster subscription, which carries the ids of logged events (the
+relay publishes them in id order); a dispatcher task loads each batch of events and their
+clusters once (two statements) and offers them to every matching subscriber without waiting. A
+subscriber whose queue is full is cut off with a reason instead of slowing the rest.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from broadcaster import Broadcast
 from broadcaster._backends.base import BroadcastBackend
 
 from fleetql.db.clusters import ClusterRecord
-from fleetql.db.states import StateChange
+from fleetql.db.events import LoggedEvent
 from fleetql.events.backends import RESYNC
-from fleetql.events.model import ClusterEvent, EventKind, InvalidEvent
+from fleetql.events.model import MAX_IDS_PER_MESSAGE, InvalidEvent, decode_ids, encode_ids
 
 __all__ = [
     "CHANNEL",
@@ -45,7 +46,8 @@ CLOSE_TOO_SLOW = 1008
 CLOSE_RESUBSCRIBE = 1012
 
 LoadClusters = Callable[[Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, ClusterRecord]]]
-Accepts = Callable[[ClusterEvent, ClusterRecord | None], bool]
+LoadEvents = Callable[[Sequence[int]], Awaitable[Mapping[int, LoggedEvent]]]
+Accepts = Callable[[LoggedEvent, ClusterRecord | None], bool]
 OnClose = Callable[[int, str], None]
 
 
@@ -53,7 +55,7 @@ OnClose = Callable[[int, str], None]
 class Delivery:
     """An event with its cluster as loaded after the event's commit (None once removed)."""
 
-    event: ClusterEvent
+    event: LoggedEvent
     cluster: ClusterRecord | None
 
 
@@ -66,10 +68,19 @@ class Subscription:
         self._on_close = on_close
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=size)
         self.closed_because: str | None = None
+        # Events up to this id were already handed over (by a replay): skip them live.
+        self.skip_through = 0
+
+    def accepts(self, delivery: Delivery) -> bool:
+        return self._accepts(delivery.event, delivery.cluster)
 
     def offer(self, delivery: Delivery) -> None:
         """Queue ``delivery`` if this subscriber wants it; never waits."""
-        if self.closed_because is not None or not self._accepts(delivery.event, delivery.cluster):
+        if (
+            self.closed_because is not None
+            or delivery.event.id <= self.skip_through
+            or not self._accepts(delivery.event, delivery.cluster)
+        ):
             return
         try:
             self._queue.put_nowait(delivery)
@@ -104,10 +115,13 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Delivery:
-        delivery = await self._queue.get()
-        if delivery is None:
-            raise StopAsyncIteration
-        return delivery
+        while True:
+            delivery = await self._queue.get()
+            if delivery is None:
+                raise StopAsyncIteration
+            # Queued before a replay finished, and handed over by it.
+            if delivery.event.id > self.skip_through:
+                return delivery
 
     async def aclose(self) -> None:
         """Called by whoever iterates (graphql-core does) when the client unsubscribes."""
@@ -118,10 +132,17 @@ class EventBus:
     """Publish events after commit; subscribe with a filter. Owned by ``async with``."""
 
     def __init__(
-        self, backend: BroadcastBackend, *, load_clusters: LoadClusters, queue_size: int = 4096
+        self,
+        backend: BroadcastBackend,
+        *,
+        load_events: LoadEvents,
+        load_clusters: LoadClusters,
+        queue_size: int = 4096,
     ) -> None:
         self._broadcast = Broadcast(backend=backend)
+        self._load_events = load_events
         self._load_clusters = load_clusters
+        self._last_dispatched = 0
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
         self._inbox: asyncio.Queue[str] = asyncio.Queue()
@@ -164,33 +185,19 @@ class EventBus:
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
 
-    async def publish(self, event: ClusterEvent) -> None:
-        """Hand a committed change to every replica. Never raises: the change is stored, and a
-        subscriber that misses it is told to resubscribe when the backend reconnects."""
-        try:
-            await self._broadcast.publish(CHANNEL, event.encode())
-            self.published += 1
-        except Exception as error:
-            self.publish_failures += 1
-            logger.warning(
-                "cannot publish the %s event of cluster %s: %s",
-                event.kind.value,
-                event.cluster_id,
-                type(error).__name__,
+    async def publish_ids(self, ids: Sequence[int]) -> None:
+        """Tell every replica that these logged events are ready (the relay calls this, in id
+        order). Raises when the backend cannot take them, so the relay retries."""
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+            await self._broadcast.publish(
+                CHANNEL, encode_ids(ids[start : start + MAX_IDS_PER_MESSAGE])
             )
+        self.published += len(ids)
 
-    async def publish_change(self, change: StateChange) -> None:
-        """The poller's hook: a check's committed change, as an event."""
-        await self.publish(
-            ClusterEvent(
-                kind=EventKind.STATE_CHANGED,
-                cluster_id=change.cluster_id,
-                status=change.status,
-                previous_status=change.previous_status,
-                changed_fields=change.changed_fields,
-                at=change.at,
-            )
-        )
+    async def deliveries(self, events: Sequence[LoggedEvent]) -> list[Delivery]:
+        """``events`` with their clusters, loaded in one statement."""
+        clusters = await self._load_clusters(list({event.cluster_id for event in events}))
+        return [Delivery(event, clusters.get(event.cluster_id)) for event in events]
 
     def subscribe(
         self, accepts: Accepts, *, on_close: OnClose | None = None, queue_size: int | None = None
@@ -223,21 +230,25 @@ class EventBus:
                 self._resync("the server could not load the clusters of some events")
 
     async def _dispatch(self, messages: list[str]) -> None:
-        events: list[ClusterEvent] = []
+        ids: list[int] = []
         for message in messages:
             if message == RESYNC:
                 self.resyncs += 1
                 self._resync("the event stream was interrupted; subscribe again, then query")
                 continue
             try:
-                events.append(ClusterEvent.decode(message))
+                ids.extend(decode_ids(message))
             except InvalidEvent as error:
-                logger.warning("ignoring an event: %s", error)
-        if not events or not self._subscriptions:
+                logger.warning("ignoring an event message: %s", error)
+        # A new relay leader may publish again what the last one already did: ids only go up.
+        fresh = sorted(i for i in set(ids) if i > self._last_dispatched)
+        if not fresh:
             return
-        clusters = await self._load_clusters(list({event.cluster_id for event in events}))
-        for event in events:
-            delivery = Delivery(event, clusters.get(event.cluster_id))
+        self._last_dispatched = fresh[-1]
+        if not self._subscriptions:
+            return
+        events = await self._load_events(fresh)
+        for delivery in await self.deliveries([events[i] for i in fresh if i in events]):
             for subscription in list(self._subscriptions):
                 subscription.offer(delivery)
             self.dispatched += 1

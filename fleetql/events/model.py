@@ -1,72 +1,40 @@
-"""What travels between replicas: a small fact about one cluster, never the cluster itself.
+"""What travels between replicas: the ids of logged events, never the events themselves.
 
-PostgreSQL NOTIFY carries at most 8,000 bytes and a cluster row can be larger (labels,
-descriptions), so an event names the cluster and what changed; every process loads the cluster
-from the database once per event and shares that row among its subscribers.
+The event log in PostgreSQL is the truth; a notification only says "these ids are ready". Each
+process loads the events and their clusters once per batch and shares them among its
+subscribers, and NOTIFY's 8,000-byte limit is never near.
 """
 
 from __future__ import annotations
 
-import enum
-import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Self
+from collections.abc import Sequence
 
 import orjson
 
-__all__ = ["ClusterEvent", "EventKind", "InvalidEvent"]
+__all__ = ["MAX_IDS_PER_MESSAGE", "InvalidEvent", "decode_ids", "encode_ids"]
 
-
-class EventKind(enum.StrEnum):
-    IMPORTED = "IMPORTED"
-    STATE_CHANGED = "STATE_CHANGED"
-    REMOVED = "REMOVED"
+# 200 ids of up to 19 digits stay far below NOTIFY's 8,000 bytes.
+MAX_IDS_PER_MESSAGE = 200
 
 
 class InvalidEvent(ValueError):
     """A payload on the events channel that this version cannot read."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterEvent:
-    """One committed change. ``changed_fields`` holds database column names."""
+def encode_ids(ids: Sequence[int]) -> str:
+    if not ids or len(ids) > MAX_IDS_PER_MESSAGE:
+        raise ValueError(f"a message carries 1 to {MAX_IDS_PER_MESSAGE} ids, not {len(ids)}")
+    return orjson.dumps({"v": 2, "ids": list(ids)}).decode()
 
-    kind: EventKind
-    cluster_id: uuid.UUID
-    status: str
-    previous_status: str | None = None
-    changed_fields: tuple[str, ...] = ()
-    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def encode(self) -> str:
-        return orjson.dumps(
-            {
-                "v": 1,
-                "kind": self.kind.value,
-                "id": str(self.cluster_id),
-                "status": self.status,
-                "previous": self.previous_status,
-                "changed": list(self.changed_fields),
-                "at": self.at.isoformat(),
-            }
-        ).decode()
-
-    @classmethod
-    def decode(cls, payload: str) -> Self:
-        try:
-            data = orjson.loads(payload)
-            if data.get("v") != 1:
-                raise InvalidEvent(f"unknown event version {data.get('v')!r}")
-            return cls(
-                kind=EventKind(data["kind"]),
-                cluster_id=uuid.UUID(data["id"]),
-                status=str(data["status"]),
-                previous_status=data["previous"],
-                changed_fields=tuple(str(name) for name in data["changed"]),
-                at=datetime.fromisoformat(data["at"]),
-            )
-        except InvalidEvent:
-            raise
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
-            raise InvalidEvent(f"unreadable event payload: {type(error).__name__}") from None
+def decode_ids(payload: str) -> list[int]:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("unreadable event payload") from None
+    if not isinstance(data, dict) or data.get("v") != 2:
+        raise InvalidEvent("unknown event payload version")
+    ids = data.get("ids")
+    if not isinstance(ids, list) or not all(type(i) is int and i > 0 for i in ids):
+        raise InvalidEvent("event payload without a list of ids")
+    return ids

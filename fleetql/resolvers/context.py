@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
 from fleetql.events.bus import EventBus
+from fleetql.events.relay import EventRelay
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     cipher: KubeconfigCipher
     events: EventBus
+    relay: EventRelay
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ after its query's snapshot either in the query or as an event: nothing falls bet
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from fleetql.db import events as log
 from fleetql.db.clusters import ClusterRecord
-from fleetql.db.models import ClusterStatus
-from fleetql.events.bus import Subscription
-from fleetql.events.model import ClusterEvent
+from fleetql.db.events import LoggedEvent
+from fleetql.db.models import ClusterStatus, EventType
+from fleetql.events.bus import Delivery, Subscription
 from fleetql.labels import (
     LabelError,
     Requirement,
@@ -28,6 +29,8 @@ from fleetql.resolvers.errors import InvalidArgument
 __all__ = ["EventFilter", "event_filter", "subscribe_cluster_events"]
 
 MAX_FILTER_IDS = 1000
+# A client further behind than this reloads instead: replaying more is slower than a query.
+MAX_REPLAY = 10_000
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,12 @@ class EventFilter:
     labels: tuple[tuple[str, str], ...] = ()
     selector: tuple[Requirement, ...] = ()
     statuses: frozenset[str] = frozenset()
+    types: frozenset[EventType] = frozenset()
 
-    def accepts(self, event: ClusterEvent, cluster: ClusterRecord | None) -> bool:
+    def accepts(self, event: LoggedEvent, cluster: ClusterRecord | None) -> bool:
         if self.ids and event.cluster_id not in self.ids:
+            return False
+        if self.types and event.type not in self.types:
             return False
         # A cluster entering or leaving a status concerns whoever watches that status.
         if self.statuses and not (
@@ -63,6 +69,7 @@ def event_filter(
     labels: Sequence[tuple[str, str]] = (),
     label_selector: str | None = None,
     statuses: Sequence[ClusterStatus] = (),
+    types: Sequence[EventType] = (),
 ) -> EventFilter:
     """Validate a client's filter, naming the argument at fault."""
     if len(ids) > MAX_FILTER_IDS:
@@ -89,9 +96,74 @@ def event_filter(
         labels=tuple(labels),
         selector=tuple(selector),
         statuses=frozenset(status.value for status in statuses),
+        types=frozenset(types),
     )
 
 
-def subscribe_cluster_events(context: Context, where: EventFilter) -> Subscription:
-    """Register with the bus now; iterate the result for deliveries until it ends."""
-    return context.services.events.subscribe(where.accepts, on_close=context.close_connection)
+async def subscribe_cluster_events(
+    context: Context, where: EventFilter, *, after: str | None = None
+) -> AsyncIterator[Delivery]:
+    """Register with the bus first; then, with ``after``, replay the logged events since then.
+    Live events the replay already handed over are skipped, so the seam has no gap and no
+    duplicate."""
+    bus = context.services.events
+    subscription = bus.subscribe(where.accepts, on_close=context.close_connection)
+    if after is None:
+        return subscription
+    try:
+        after_id = parse_event_id(after, "after")
+        replay = await _events_since(context, after_id)
+        deliveries = [d for d in await bus.deliveries(replay) if subscription.accepts(d)]
+    except BaseException:
+        await subscription.aclose()
+        raise
+    subscription.skip_through = replay[-1].id if replay else after_id
+    return _ReplayThenLive(deliveries, subscription)
+
+
+def parse_event_id(value: str, argument: str) -> int:
+    try:
+        parsed = int(value)
+    except ValueError:
+        parsed = -1
+    if parsed < 0:
+        raise InvalidArgument(argument, f"{value[:32]!r} is not an event id")
+    return parsed
+
+
+async def _events_since(context: Context, after: int) -> list[LoggedEvent]:
+    async with context.services.sessions() as session:
+        _, pruned_through = await log.relay_position(session)
+        if after < pruned_through:
+            raise InvalidArgument(
+                "after",
+                f"event {after} is older than the event log keeps; "
+                "reload the current state, then subscribe without `after`",
+            )
+        replay = await log.publishable_events(session, after=after, limit=MAX_REPLAY + 1)
+    if len(replay) > MAX_REPLAY:
+        raise InvalidArgument(
+            "after",
+            f"more than {MAX_REPLAY} events since event {after}; "
+            "reload the current state, then subscribe without `after`",
+        )
+    return replay
+
+
+class _ReplayThenLive:
+    """The replayed deliveries, then the live subscription's."""
+
+    def __init__(self, replay: list[Delivery], subscription: Subscription) -> None:
+        self._replay = replay
+        self._subscription = subscription
+
+    def __aiter__(self) -> _ReplayThenLive:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        if self._replay:
+            return self._replay.pop(0)
+        return await self._subscription.__anext__()
+
+    async def aclose(self) -> None:
+        await self._subscription.aclose()

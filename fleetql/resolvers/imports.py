@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 
 from fleetql.db import clusters as db
-from fleetql.events.model import ClusterEvent, EventKind
+from fleetql.db.events import NewEvent, log_events
+from fleetql.db.models import ClusterStatus, EventType
 from fleetql.kubeconfig import (
     KubeconfigError,
     ResolvedKubeconfig,
@@ -126,15 +127,24 @@ async def import_cluster(
         )
         try:
             await db.insert_cluster(session, new)
+            await log_events(
+                session,
+                [
+                    NewEvent(
+                        cluster_id=cluster_id,
+                        type=EventType.IMPORTED,
+                        status=ClusterStatus.UNKNOWN.value,
+                        message=f"imported {name!r} ({resolved.server})",
+                    )
+                ],
+            )
             await session.commit()
         except IntegrityError:
             # Another import took the name between our check and our insert.
             await session.rollback()
             return ImportResult(cluster=None, user_errors=[taken])
         record = await db.get_cluster(session, cluster_id)
-    await context.services.events.publish(
-        ClusterEvent(kind=EventKind.IMPORTED, cluster_id=cluster_id, status="UNKNOWN")
-    )
+    context.services.relay.wake()
     return ImportResult(cluster=record)
 
 

@@ -9,7 +9,7 @@ import strawberry
 
 from fleetql.db.clusters import OrderField
 from fleetql.db.models import ClusterStatus as StoredStatus
-from fleetql.events.model import EventKind
+from fleetql.db.models import EventType
 
 # The stored enum is the GraphQL enum too: one list of statuses, registered with strawberry here.
 strawberry.enum(
@@ -33,8 +33,23 @@ class OrderDirection(enum.Enum):
 
 
 strawberry.enum(
-    EventKind,
-    name="ClusterEventKind",
-    description="IMPORTED and REMOVED for a cluster's lifecycle, STATE_CHANGED after a check.",
+    EventType,
+    name="ClusterEventType",
+    description="What an entry of the event log records.",
 )
-ClusterEventKind: TypeAlias = EventKind
+ClusterEventType: TypeAlias = EventType
+
+
+@strawberry.enum(description="The coarse kind of an event: a lifecycle step or a state change.")
+class ClusterEventKind(enum.Enum):
+    IMPORTED = "IMPORTED"
+    UPDATED = "UPDATED"
+    REMOVED = "REMOVED"
+    STATE_CHANGED = "STATE_CHANGED"
+
+    @classmethod
+    def of(cls, event_type: EventType) -> ClusterEventKind:
+        try:
+            return cls(event_type.value)
+        except ValueError:
+            return cls.STATE_CHANGED

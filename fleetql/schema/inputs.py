@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import strawberry
 
-from fleetql.schema.enums import ClusterOrderField, ClusterStatus, OrderDirection
+from fleetql.schema.enums import (
+    ClusterEventType,
+    ClusterOrderField,
+    ClusterStatus,
+    OrderDirection,
+)
 
 
 @strawberry.input
@@ -42,6 +47,9 @@ class ClusterEventFilter:
     status: list[ClusterStatus] | None = strawberry.field(
         default=None,
         description="Events whose status or previous status is one of these.",
+    )
+    types: list[ClusterEventType] | None = strawberry.field(
+        default=None, description="Events of these types."
     )
 
 

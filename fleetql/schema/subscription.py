@@ -1,56 +1,91 @@
-"""The Subscription root: live cluster events over websockets."""
+"""The Subscription root: live cluster events over websockets, resumable from the event log."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated
 
 import strawberry
 from strawberry.types import Info
 
-from fleetql.events.bus import Subscription as EventSubscription
+from fleetql.events.bus import Delivery
 from fleetql.resolvers import events
 from fleetql.resolvers.context import Context
 from fleetql.schema.inputs import ClusterEventFilter
 from fleetql.schema.types import ClusterEvent
+
+After = Annotated[
+    strawberry.ID | None,
+    strawberry.argument(
+        description=(
+            "The id of the last event you saw: every later matching event is replayed from "
+            "the event log first, then live ones follow with no gap and no duplicate."
+        )
+    ),
+]
 
 
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
         description=(
-            "Every committed change to clusters matching the filter: imports, removals and "
-            "state changes found by the poller. To miss nothing, subscribe first, then query "
-            "the current state on the same websocket."
+            "Every committed change to clusters matching the filter: imports, updates, "
+            "removals and what the poller finds. To miss nothing, subscribe first, then query "
+            "the current state on the same websocket — or resume with `after`."
         )
     )
     async def cluster_state_changed(
-        self, info: Info[Context, None], filter: ClusterEventFilter | None = None
+        self,
+        info: Info[Context, None],
+        filter: ClusterEventFilter | None = None,
+        after: After = None,
     ) -> AsyncGenerator[ClusterEvent, None]:
-        where = filter or ClusterEventFilter()
-        subscription = events.subscribe_cluster_events(
-            info.context,
-            events.event_filter(
-                ids=[str(value) for value in where.ids or ()],
-                labels=[(label.key, label.value) for label in where.labels or ()],
-                label_selector=where.label_selector,
-                statuses=where.status or (),
-            ),
-        )
-        return _EventStream(subscription)  # type: ignore[return-value]
+        return await _subscribe(info, filter, after)  # type: ignore[return-value]
+
+    @strawberry.subscription(
+        description="The event log, live: clusterStateChanged filtered by event type too."
+    )
+    async def cluster_events(
+        self,
+        info: Info[Context, None],
+        filter: ClusterEventFilter | None = None,
+        after: After = None,
+    ) -> AsyncGenerator[ClusterEvent, None]:
+        return await _subscribe(info, filter, after)  # type: ignore[return-value]
+
+
+async def _subscribe(
+    info: Info[Context, None], filter: ClusterEventFilter | None, after: strawberry.ID | None
+) -> _EventStream:
+    where = filter or ClusterEventFilter()
+    deliveries = await events.subscribe_cluster_events(
+        info.context,
+        events.event_filter(
+            ids=[str(value) for value in where.ids or ()],
+            labels=[(label.key, label.value) for label in where.labels or ()],
+            label_selector=where.label_selector,
+            statuses=where.status or (),
+            types=where.types or (),
+        ),
+        after=None if after is None else str(after),
+    )
+    return _EventStream(deliveries)
 
 
 class _EventStream:
     """Turns deliveries into GraphQL objects; closing it ends the subscription even if it was
     never iterated (an async generator's ``finally`` would not run then)."""
 
-    def __init__(self, subscription: EventSubscription) -> None:
-        self._subscription = subscription
+    def __init__(self, deliveries: AsyncIterator[Delivery]) -> None:
+        self._deliveries = deliveries
 
     def __aiter__(self) -> _EventStream:
         return self
 
     async def __anext__(self) -> ClusterEvent:
-        return ClusterEvent.from_delivery(await self._subscription.__anext__())
+        return ClusterEvent.from_delivery(await self._deliveries.__anext__())
 
     async def aclose(self) -> None:
-        await self._subscription.aclose()
+        aclose = getattr(self._deliveries, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -6,12 +6,14 @@ from datetime import datetime
 from typing import Self
 
 import strawberry
+from strawberry.scalars import JSON
 
 from fleetql.db.clusters import ClusterRecord
+from fleetql.db.events import LoggedEvent
 from fleetql.events.bus import Delivery
 from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
 from fleetql.resolvers.errors import UserError as UserErrorResult
-from fleetql.schema.enums import ClusterEventKind, ClusterStatus
+from fleetql.schema.enums import ClusterEventKind, ClusterEventType, ClusterStatus
 from fleetql.schema.scalars import Long
 
 
@@ -139,11 +141,27 @@ _FIELD_NAMES = {
     "kubernetes_version": "kubernetesVersion",
     "last_error_code": "lastError",
     "last_error_message": "lastError",
+    "labels": "labels",
+    "name": "name",
+    "description": "description",
+    "api_server_url": "apiServerUrl",
+    "kubeconfig": "kubeconfig",
 }
 
 
-@strawberry.type(description="A committed change to one cluster.")
+@strawberry.type(description="One field's change; values as JSON (CPU in cores as a string).")
+class FieldChange:
+    field: str
+    old: JSON | None
+    new: JSON | None
+
+
+@strawberry.type(description="A committed change to one cluster, as the event log holds it.")
 class ClusterEvent:
+    id: strawberry.ID = strawberry.field(
+        description="The event log's id: pass it as `after` to resume from here."
+    )
+    type: ClusterEventType
     kind: ClusterEventKind
     cluster_id: strawberry.ID
     cluster: Cluster | None = strawberry.field(
@@ -153,24 +171,45 @@ class ClusterEvent:
         )
     )
     previous_status: ClusterStatus | None = strawberry.field(description="Null for an import.")
-    status: ClusterStatus
+    status: ClusterStatus | None
     changed_fields: list[str] = strawberry.field(
         description="Names of the Cluster fields that changed, e.g. status, readyNodeCount."
     )
+    changes: list[FieldChange]
+    message: str
+    actor: str | None
     at: datetime = strawberry.field(description="When the change was committed.")
 
     @classmethod
-    def from_delivery(cls, delivery: Delivery) -> Self:
-        event = delivery.event
-        changed = dict.fromkeys(_FIELD_NAMES.get(name, name) for name in event.changed_fields)
+    def from_event(cls, event: LoggedEvent, cluster: ClusterRecord | None) -> Self:
+        names = [(_FIELD_NAMES.get(name, name), values) for name, values in event.changes.items()]
         return cls(
-            kind=event.kind,
+            id=strawberry.ID(str(event.id)),
+            type=event.type,
+            kind=ClusterEventKind.of(event.type),
             cluster_id=strawberry.ID(str(event.cluster_id)),
-            cluster=None if delivery.cluster is None else Cluster.from_row(delivery.cluster),
-            previous_status=(
-                None if event.previous_status is None else ClusterStatus(event.previous_status)
-            ),
-            status=ClusterStatus(event.status),
-            changed_fields=list(changed),
+            cluster=None if cluster is None else Cluster.from_row(cluster),
+            previous_status=_status(event.previous_status),
+            status=_status(event.status),
+            changed_fields=list(dict.fromkeys(name for name, _ in names)),
+            changes=[
+                FieldChange(field=_camel(name), old=old, new=new)
+                for name, (old, new) in event.changes.items()
+            ],
+            message=event.message,
+            actor=event.actor,
             at=event.at,
         )
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery) -> Self:
+        return cls.from_event(delivery.event, delivery.cluster)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _status(value: str | None) -> ClusterStatus | None:
+    return None if value is None else ClusterStatus(value)

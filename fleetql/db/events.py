@@ -1,0 +1,219 @@
+"""The event log: written in the transaction of each change, read by the relay, the API and
+resuming subscribers.
+
+Ids come from a sequence, and a plain sequence lets a transaction commit id n after another
+committed n + 1: a reader that had moved past n + 1 would never see n. So writers take a
+transaction-level advisory lock just before they log, as the last step before commit: ids are
+then handed out in commit order, and "every event after id N" is a complete answer at any time.
+The lock is held for the insert and the commit only, and only by transactions that log events
+(changes are rare next to checks).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetql.db.models import ClusterEventRecord, EventRelayPosition, EventType
+
+__all__ = [
+    "EventPage",
+    "LoggedEvent",
+    "NewEvent",
+    "events_by_id",
+    "latest_event_id",
+    "list_events",
+    "log_events",
+    "prune_events",
+    "publishable_events",
+    "relay_position",
+    "set_relay_position",
+]
+
+# pg_advisory_xact_lock key: "fleetql log" as a number.
+LOG_LOCK = 0x666C6565_746C6F67
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to log; ``changes`` maps a field to its old and new value (no secrets)."""
+
+    cluster_id: uuid.UUID
+    type: EventType
+    status: str | None
+    previous_status: str | None = None
+    changes: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    message: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    id: int
+    cluster_id: uuid.UUID
+    type: EventType
+    previous_status: str | None
+    status: str | None
+    changes: dict[str, list[Any]]
+    message: str
+    actor: str | None
+    at: datetime
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+async def log_events(session: AsyncSession, events: Sequence[NewEvent]) -> None:
+    """Insert ``events`` in the caller's transaction (one statement). The caller commits at once:
+    the log's lock is held until then."""
+    if not events:
+        return
+    await session.execute(select(func.pg_advisory_xact_lock(LOG_LOCK)))
+    await session.execute(
+        insert(ClusterEventRecord),
+        [
+            {
+                "cluster_id": event.cluster_id,
+                "type": event.type.value,
+                "previous_status": event.previous_status,
+                "status": event.status,
+                "changes": {
+                    name: [_jsonable(old), _jsonable(new)]
+                    for name, (old, new) in event.changes.items()
+                },
+                "message": event.message,
+                "actor": event.actor,
+            }
+            for event in events
+        ],
+    )
+
+
+def _to_event(row: ClusterEventRecord) -> LoggedEvent:
+    return LoggedEvent(
+        id=row.id,
+        cluster_id=row.cluster_id,
+        type=EventType(row.type),
+        previous_status=row.previous_status,
+        status=row.status,
+        changes=row.changes,
+        message=row.message,
+        actor=row.actor,
+        at=row.at,
+    )
+
+
+async def publishable_events(
+    session: AsyncSession, *, after: int, limit: int = 500
+) -> list[LoggedEvent]:
+    """Events after ``after``, oldest first: no event with a smaller id can commit later."""
+    query = (
+        select(ClusterEventRecord)
+        .where(ClusterEventRecord.id > after)
+        .order_by(ClusterEventRecord.id)
+        .limit(limit)
+    )
+    return [_to_event(row) for row in (await session.scalars(query)).all()]
+
+
+async def events_by_id(session: AsyncSession, ids: Sequence[int]) -> dict[int, LoggedEvent]:
+    if not ids:
+        return {}
+    rows = await session.scalars(select(ClusterEventRecord).where(ClusterEventRecord.id.in_(ids)))
+    return {row.id: _to_event(row) for row in rows.all()}
+
+
+@dataclass(frozen=True)
+class EventPage:
+    items: list[LoggedEvent]
+    has_more: bool
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    cluster_ids: Sequence[uuid.UUID] = (),
+    types: Sequence[EventType] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: int | None = None,
+    first: int = 50,
+) -> EventPage:
+    """Newest first; ``before_id`` continues after the last event of the previous page."""
+    query = select(ClusterEventRecord).order_by(ClusterEventRecord.id.desc()).limit(first + 1)
+    if cluster_ids:
+        query = query.where(ClusterEventRecord.cluster_id.in_(cluster_ids))
+    if types:
+        query = query.where(ClusterEventRecord.type.in_([t.value for t in types]))
+    if since is not None:
+        query = query.where(ClusterEventRecord.at >= since)
+    if until is not None:
+        query = query.where(ClusterEventRecord.at < until)
+    if before_id is not None:
+        query = query.where(ClusterEventRecord.id < before_id)
+    rows = (await session.scalars(query)).all()
+    return EventPage(items=[_to_event(row) for row in rows[:first]], has_more=len(rows) > first)
+
+
+async def latest_event_id(session: AsyncSession) -> int:
+    """The newest committed event's id (0 for an empty log)."""
+    return int(await session.scalar(select(func.coalesce(func.max(ClusterEventRecord.id), 0))) or 0)
+
+
+async def relay_position(session: AsyncSession) -> tuple[int, int]:
+    """(last published id, pruned through id)."""
+    row = (
+        await session.execute(
+            select(EventRelayPosition.last_event_id, EventRelayPosition.pruned_through)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def set_relay_position(session: AsyncSession, last_event_id: int) -> None:
+    await session.execute(
+        update(EventRelayPosition)
+        .where(EventRelayPosition.last_event_id < last_event_id)
+        .values(last_event_id=last_event_id)
+    )
+
+
+async def prune_events(session: AsyncSession, *, older_than: datetime, batch: int = 1000) -> int:
+    """Delete one batch of events older than ``older_than``; returns how many. The caller commits
+    and calls again until it returns 0, so no statement holds many locks for long."""
+    doomed = (
+        select(ClusterEventRecord.id)
+        .where(ClusterEventRecord.at < older_than)
+        .order_by(ClusterEventRecord.id)
+        .limit(batch)
+    )
+    deleted = (
+        await session.scalars(
+            delete(ClusterEventRecord)
+            .where(ClusterEventRecord.id.in_(doomed.scalar_subquery()))
+            .returning(ClusterEventRecord.id)
+        )
+    ).all()
+    if deleted:
+        await session.execute(
+            update(EventRelayPosition)
+            .where(EventRelayPosition.pruned_through < max(deleted))
+            .values(pruned_through=max(deleted))
+        )
+    return len(deleted)
