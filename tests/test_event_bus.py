@@ -43,6 +43,11 @@ def record(cluster_id: uuid.UUID, labels: dict[str, str] | None = None) -> Clust
         last_error_code=None,
         last_error_message=None,
         consecutive_failures=0,
+        version=1,
+        credential_kind=None,
+        credential_expires_at=None,
+        credential_subject=None,
+        pending_status=None,
     )
 
 

@@ -58,6 +58,11 @@ class ClusterRecord:
     last_error_code: str | None
     last_error_message: str | None
     consecutive_failures: int
+    version: int
+    credential_kind: str | None
+    credential_expires_at: datetime | None
+    credential_subject: str | None
+    pending_status: str | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ _RECORD_COLUMNS = (
     ClusterState.last_error_code,
     ClusterState.last_error_message,
     ClusterState.consecutive_failures,
+    Cluster.version,
+    Cluster.credential_kind,
+    Cluster.credential_expires_at,
+    Cluster.credential_subject,
+    ClusterState.pending_status,
 )
 
 
@@ -262,6 +272,9 @@ class NewCluster:
     kubeconfig_ciphertext: bytes
     kubeconfig_key_id: str
     kubeconfig_format: int
+    credential_kind: str | None = None
+    credential_expires_at: datetime | None = None
+    credential_subject: str | None = None
 
 
 async def insert_cluster(session: AsyncSession, new: NewCluster) -> None:
@@ -277,6 +290,9 @@ async def insert_cluster(session: AsyncSession, new: NewCluster) -> None:
             kubeconfig_ciphertext=new.kubeconfig_ciphertext,
             kubeconfig_key_id=new.kubeconfig_key_id,
             kubeconfig_format=new.kubeconfig_format,
+            credential_kind=new.credential_kind,
+            credential_expires_at=new.credential_expires_at,
+            credential_subject=new.credential_subject,
         )
     )
     await session.flush()
@@ -311,6 +327,39 @@ async def replace_kubeconfig(
             updated_at=func.now(),
         )
     )
+    await session.execute(
+        update(ClusterState)
+        .where(ClusterState.cluster_id == cluster_id)
+        .values(next_check_at=func.now())
+    )
+
+
+async def lock_live_cluster(session: AsyncSession, cluster_id: uuid.UUID) -> Cluster | None:
+    """The live cluster, locked for this transaction (changes to it are serialised)."""
+    query = (
+        select(Cluster)
+        .where(Cluster.id == cluster_id, Cluster.deleted_at.is_(None))
+        .with_for_update()
+    )
+    return (await session.scalars(query)).first()
+
+
+async def lock_live_clusters(
+    session: AsyncSession, cluster_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Cluster]:
+    """The live clusters among ``cluster_ids``, locked in id order (no deadlock between two
+    bulk changes)."""
+    query = (
+        select(Cluster)
+        .where(Cluster.id.in_(cluster_ids), Cluster.deleted_at.is_(None))
+        .order_by(Cluster.id)
+        .with_for_update()
+    )
+    return {cluster.id: cluster for cluster in (await session.scalars(query)).all()}
+
+
+async def check_soon(session: AsyncSession, cluster_id: uuid.UUID) -> None:
+    """Make the cluster due now (new credentials are tried within seconds)."""
     await session.execute(
         update(ClusterState)
         .where(ClusterState.cluster_id == cluster_id)

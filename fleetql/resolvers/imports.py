@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
 
+from fleetql.credentials import inspect_credential
 from fleetql.db import clusters as db
 from fleetql.db.events import NewEvent, log_events
 from fleetql.db.models import ClusterStatus, EventType
@@ -111,6 +112,7 @@ async def import_cluster(
 
     cluster_id = uuid.uuid4()
     blob = context.services.cipher.encrypt(resolved.to_yaml(), cluster_id=cluster_id)
+    credential = inspect_credential(resolved)
     taken = UserError("name", "NAME_TAKEN", f"a cluster named {name!r} already exists")
     async with context.services.sessions() as session:
         if await db.name_is_taken(session, name):
@@ -124,6 +126,9 @@ async def import_cluster(
             kubeconfig_ciphertext=blob.payload,
             kubeconfig_key_id=blob.key_id,
             kubeconfig_format=blob.format_version,
+            credential_kind=credential.kind.value,
+            credential_expires_at=credential.expires_at,
+            credential_subject=credential.subject,
         )
         try:
             await db.insert_cluster(session, new)

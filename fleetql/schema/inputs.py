@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import strawberry
 
 from fleetql.schema.enums import (
@@ -70,3 +72,37 @@ class ImportClusterInput:
         default=None, description="The context to use; the file's current-context by default."
     )
     labels: list[LabelInput] = strawberry.field(default_factory=list)
+
+
+@strawberry.input(description="Only the fields given change.")
+class UpdateClusterInput:
+    name: str | None = None
+    description: str | None = None
+    labels: list[LabelInput] | None = strawberry.field(
+        default=None, description="Replaces every label."
+    )
+    add_labels: list[LabelInput] = strawberry.field(
+        default_factory=list, description="Added (or changed) after `labels` is applied."
+    )
+    remove_labels: list[str] = strawberry.field(
+        default_factory=list, description="Keys removed after `labels` is applied."
+    )
+    kubeconfig: str | None = strawberry.field(
+        default=None,
+        description="A new kubeconfig (base64 or YAML), validated as on import; checked at once.",
+    )
+    context: str | None = strawberry.field(
+        default=None, description="The context of the new kubeconfig to use."
+    )
+    expected_version: int | None = strawberry.field(
+        default=None,
+        description="Refuse the change (CONFLICT) unless the cluster is still at this version.",
+    )
+
+
+@strawberry.input(description="Every condition given must hold.")
+class EventFilter:
+    cluster_ids: list[strawberry.ID] | None = None
+    types: list[ClusterEventType] | None = None
+    since: datetime | None = None
+    until: datetime | None = None

@@ -5,10 +5,17 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
-from fleetql.resolvers import imports
+from fleetql.resolvers import imports, lifecycle
 from fleetql.resolvers.context import Context
-from fleetql.schema.inputs import ImportClusterInput
-from fleetql.schema.types import Cluster, ImportClusterPayload, UserError
+from fleetql.schema.inputs import ImportClusterInput, LabelInput, UpdateClusterInput
+from fleetql.schema.query import parse_cluster_id
+from fleetql.schema.types import (
+    Cluster,
+    ClusterPayload,
+    ClustersPayload,
+    ImportClusterPayload,
+    UserError,
+)
 
 
 @strawberry.type
@@ -31,3 +38,57 @@ class Mutation:
             cluster=None if result.cluster is None else Cluster.from_row(result.cluster),
             user_errors=[UserError.from_result(error) for error in result.user_errors],
         )
+
+    @strawberry.mutation(
+        description=(
+            "Change a cluster's name, description, labels or kubeconfig. Every field is "
+            "optional; with expectedVersion the change is refused (CONFLICT) if the cluster "
+            "changed meanwhile. A failed update changes nothing."
+        )
+    )
+    async def update_cluster(
+        self, info: Info[Context, None], id: strawberry.ID, input: UpdateClusterInput
+    ) -> ClusterPayload:
+        result = await lifecycle.update_cluster(
+            info.context,
+            parse_cluster_id(id),
+            lifecycle.ClusterUpdate(
+                name=input.name,
+                description=input.description,
+                labels=None
+                if input.labels is None
+                else [(label.key, label.value) for label in input.labels],
+                add_labels=[(label.key, label.value) for label in input.add_labels],
+                remove_labels=input.remove_labels,
+                kubeconfig=input.kubeconfig,
+                context=input.context,
+                expected_version=input.expected_version,
+            ),
+        )
+        return ClusterPayload.from_result(result)
+
+    @strawberry.mutation(
+        description=(
+            "Remove a cluster: it is no longer checked or listed, its name is free, and its "
+            "kubeconfig is erased. Its event history stays. Returns it as it was."
+        )
+    )
+    async def remove_cluster(self, info: Info[Context, None], id: strawberry.ID) -> ClusterPayload:
+        result = await lifecycle.remove_cluster(info.context, parse_cluster_id(id))
+        return ClusterPayload.from_result(result)
+
+    @strawberry.mutation(description="Relabel many clusters in one transaction: all or none.")
+    async def set_cluster_labels(
+        self,
+        info: Info[Context, None],
+        ids: list[strawberry.ID],
+        add: list[LabelInput] | None = None,
+        remove: list[str] | None = None,
+    ) -> ClustersPayload:
+        result = await lifecycle.set_cluster_labels(
+            info.context,
+            [parse_cluster_id(value, f"ids[{index}]") for index, value in enumerate(ids)],
+            add=[(label.key, label.value) for label in add or ()],
+            remove=remove or (),
+        )
+        return ClustersPayload.from_result(result)

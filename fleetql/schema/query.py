@@ -8,12 +8,12 @@ import strawberry
 from strawberry.types import Info
 
 from fleetql.db.clusters import OrderField, Ordering
-from fleetql.resolvers import clusters
+from fleetql.resolvers import clusters, history
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.enums import OrderDirection
-from fleetql.schema.inputs import ClusterFilter, ClusterOrder
-from fleetql.schema.types import Cluster, ClusterPage
+from fleetql.schema.inputs import ClusterFilter, ClusterOrder, EventFilter
+from fleetql.schema.types import Cluster, ClusterPage, EventPage
 
 
 def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
@@ -57,3 +57,23 @@ class Query:
     async def cluster(self, info: Info[Context, None], id: strawberry.ID) -> Cluster | None:
         record = await clusters.get_cluster(info.context, parse_cluster_id(id))
         return None if record is None else Cluster.from_row(record)
+
+    @strawberry.field(description="The event log, newest first; `after` takes a page's endCursor.")
+    async def events(
+        self,
+        info: Info[Context, None],
+        filter: EventFilter | None = None,
+        first: int = 20,
+        after: strawberry.ID | None = None,
+    ) -> EventPage:
+        where = filter or EventFilter()
+        page = await history.list_events(
+            info.context,
+            cluster_ids=[str(value) for value in where.cluster_ids or ()],
+            types=where.types or (),
+            since=where.since,
+            until=where.until,
+            first=first,
+            after=None if after is None else str(after),
+        )
+        return EventPage.from_result(page)

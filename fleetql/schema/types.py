@@ -7,12 +7,17 @@ from typing import Self
 
 import strawberry
 from strawberry.scalars import JSON
+from strawberry.types import Info
 
 from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
 from fleetql.events.bus import Delivery
+from fleetql.resolvers import history
 from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
+from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import UserError as UserErrorResult
+from fleetql.resolvers.history import HistoryPage
+from fleetql.resolvers.lifecycle import LifecycleResult
 from fleetql.schema.enums import ClusterEventKind, ClusterEventType, ClusterStatus
 from fleetql.schema.scalars import Long
 
@@ -27,6 +32,15 @@ class Label:
 class CheckError:
     code: str
     message: str
+
+
+@strawberry.type(description="What the stored credential is; never the credential itself.")
+class Credential:
+    kind: str = strawberry.field(description="TOKEN, CLIENT_CERTIFICATE or BASIC.")
+    expires_at: datetime | None = strawberry.field(
+        description="A client certificate's notAfter, or a JWT token's exp; null when unknown."
+    )
+    subject: str | None = strawberry.field(description="Who the cluster sees, when known.")
 
 
 @strawberry.type(description="An imported Kubernetes cluster and its latest known state.")
@@ -58,6 +72,28 @@ class Cluster:
     consecutive_failures: int
     created_at: datetime
     updated_at: datetime
+    version: int = strawberry.field(
+        description="Goes up by one with every change; pass it as expectedVersion to update."
+    )
+    credential: Credential | None
+    pending_status: ClusterStatus | None = strawberry.field(
+        description="A status seen but not yet held long enough to be the status."
+    )
+
+    @strawberry.field(description="This cluster's event log, newest first.")
+    async def events(
+        self,
+        info: Info[Context, None],
+        first: int = 20,
+        after: strawberry.ID | None = None,
+    ) -> EventPage:
+        page = await history.list_events(
+            info.context,
+            cluster_ids=[str(self.id)],
+            first=first,
+            after=None if after is None else str(after),
+        )
+        return EventPage.from_result(page)
 
     @classmethod
     def from_row(cls, row: ClusterRecord) -> Self:
@@ -90,6 +126,15 @@ class Cluster:
             consecutive_failures=row.consecutive_failures,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            version=row.version,
+            credential=None
+            if row.credential_kind is None
+            else Credential(
+                kind=row.credential_kind,
+                expires_at=row.credential_expires_at,
+                subject=row.credential_subject,
+            ),
+            pending_status=_status(row.pending_status),
         )
 
 
@@ -213,3 +258,53 @@ def _camel(name: str) -> str:
 
 def _status(value: str | None) -> ClusterStatus | None:
     return None if value is None else ClusterStatus(value)
+
+
+@strawberry.type
+class PageInfo:
+    end_cursor: strawberry.ID | None = strawberry.field(
+        description="Pass as `after` for the next (older) page."
+    )
+    has_next_page: bool
+
+
+@strawberry.type(description="Events, newest first.")
+class EventPage:
+    items: list[ClusterEvent]
+    page_info: PageInfo
+
+    @classmethod
+    def from_result(cls, page: HistoryPage) -> Self:
+        items = [ClusterEvent.from_event(event, None) for event in page.events]
+        return cls(
+            items=items,
+            page_info=PageInfo(
+                end_cursor=items[-1].id if items else None, has_next_page=page.has_more
+            ),
+        )
+
+
+@strawberry.type
+class ClusterPayload:
+    cluster: Cluster | None
+    user_errors: list[UserError]
+
+    @classmethod
+    def from_result(cls, result: LifecycleResult) -> Self:
+        return cls(
+            cluster=None if result.cluster is None else Cluster.from_row(result.cluster),
+            user_errors=[UserError.from_result(error) for error in result.user_errors],
+        )
+
+
+@strawberry.type
+class ClustersPayload:
+    clusters: list[Cluster]
+    user_errors: list[UserError]
+
+    @classmethod
+    def from_result(cls, result: LifecycleResult) -> Self:
+        return cls(
+            clusters=[Cluster.from_row(row) for row in result.clusters],
+            user_errors=[UserError.from_result(error) for error in result.user_errors],
+        )
