@@ -599,7 +599,7 @@ def test_alias_bomb_is_refused_at_its_first_anchor_without_expansion() -> None:
 
     assert error.code == "INVALID_KUBECONFIG"
     assert error.message == "anchors and aliases are not allowed in a kubeconfig"
-    assert elapsed < 0.5  # expanding 10**9 strings would take minutes and gigabytes
+    assert elapsed < 5  # expanding 10**9 strings would take minutes and gigabytes
 
 
 def test_a_lone_anchor_is_refused() -> None:

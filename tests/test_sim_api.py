@@ -384,10 +384,17 @@ async def test_slow_cluster_delays_its_responses_only(
     assert (await get(client, slow, "/version")).status_code == 200
     assert time.monotonic() - started >= 0.3
     with pytest.raises(httpx.ReadTimeout):
-        await client.get(slow.server_url + "/version", timeout=0.05)
-    started = time.monotonic()
-    assert (await get(client, fast, "/version")).status_code == 200
-    assert time.monotonic() - started < 0.3
+        # Only the read is short: on a busy machine the TLS handshake alone can take 50 ms.
+        await client.get(slow.server_url + "/version", timeout=httpx.Timeout(10.0, read=0.05))
+    # Another cluster answers while the slow one is still holding a request back.
+    slow.spec.delay = 30
+    pending = asyncio.create_task(get(client, slow, "/version"))
+    try:
+        assert (await get(client, fast, "/version")).status_code == 200
+        assert not pending.done()
+    finally:
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
 
 
 async def test_hung_request_ends_when_the_simulator_stops() -> None:
@@ -402,7 +409,7 @@ async def test_hung_request_ends_when_the_simulator_stops() -> None:
             await sim.__aexit__(None, None, None)
             response = await request
             assert response.status_code == 503
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 10  # not the delay: that is infinite
 
 
 async def test_fail_next_fails_that_many_requests_then_recovers(
