@@ -348,7 +348,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
     pinging = settings.model_copy(
         update={
             "events": EventsSettings(
-                ping_interval=timedelta(milliseconds=300), ping_timeout=timedelta(milliseconds=300)
+                ping_interval=timedelta(milliseconds=300), ping_timeout=timedelta(seconds=2)
             )
         }
     )
@@ -359,7 +359,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
                 await silent.subscribe(SMALL_EVENTS)
                 silent.stop_reading()
                 silent.connection.transport.pause_reading()  # no pongs from here on
-                await asyncio.sleep(1.5)
+                await asyncio.sleep(3.5)  # a ping, then the two seconds it had to answer
                 silent.connection.transport.resume_reading()
                 with pytest.raises(ConnectionClosed) as closed:
                     async with asyncio.timeout(5):
