@@ -29,8 +29,8 @@ _ALIASES = {
     "FLEETQL_ENCRYPTION_KEY_FILE": ("encryption", "key_file"),
 }
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class ConfigError(Exception):
@@ -47,7 +47,7 @@ def parse_duration(value: Any) -> timedelta:
         match = _DURATION.match(str(value))
         if match is None:
             raise ValueError(
-                f"{value!r} is not a duration; use a number with ms, s, m or h (e.g. 30s)"
+                f"{value!r} is not a duration; use a number with ms, s, m, h or d (e.g. 30s)"
             )
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds <= 0:
@@ -123,6 +123,12 @@ class ClusterManagerSettings(_Section):
     # The client pool: at most this many cluster clients open, each closed when idle this long.
     max_clients: int = Field(default=100, ge=1)
     cleanup_interval: Duration = timedelta(minutes=10)
+    # A credential expiring sooner than this is flagged (CREDENTIAL_EXPIRING, fleetSummary).
+    credential_expiry_warning: Duration = timedelta(days=14)
+    # Event log entries older than this are pruned in the background.
+    event_retention: Duration = timedelta(days=30)
+    # More status changes than this in the last hour mark a cluster as flapping.
+    flapping_threshold: int = Field(default=6, ge=1)
 
 
 class EventsSettings(_Section):

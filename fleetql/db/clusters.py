@@ -73,6 +73,7 @@ class ClusterFilter:
     search: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     selector: Sequence[Requirement] = ()
+    credential_expires_before: datetime | None = None
 
 
 class OrderField(enum.Enum):
@@ -174,7 +175,7 @@ def _requirement_condition(requirement: Requirement) -> ColumnElement[bool]:
     raise AssertionError(f"unhandled selector operator {requirement.operator}")
 
 
-def _filter_conditions(where: ClusterFilter) -> list[ColumnElement[bool]]:
+def filter_conditions(where: ClusterFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if where.statuses:
         conditions.append(ClusterState.status.in_([status.value for status in where.statuses]))
@@ -189,6 +190,8 @@ def _filter_conditions(where: ClusterFilter) -> list[ColumnElement[bool]]:
     if where.labels:
         conditions.append(Cluster.labels.contains(dict(where.labels)))
     conditions.extend(_requirement_condition(requirement) for requirement in where.selector)
+    if where.credential_expires_before is not None:
+        conditions.append(Cluster.credential_expires_at < where.credential_expires_before)
     return conditions
 
 
@@ -221,7 +224,7 @@ async def list_clusters(
     limit: int,
 ) -> tuple[int, list[ClusterRecord]]:
     """One page of clusters and the total that match ``where``."""
-    conditions = _filter_conditions(where)
+    conditions = filter_conditions(where)
     total_query = (
         select(func.count())
         .select_from(Cluster)

@@ -35,6 +35,7 @@ __all__ = [
     "publishable_events",
     "relay_position",
     "set_relay_position",
+    "status_history",
 ]
 
 # pg_advisory_xact_lock key: "fleetql log" as a number.
@@ -217,3 +218,29 @@ async def prune_events(session: AsyncSession, *, older_than: datetime, batch: in
             .values(pruned_through=max(deleted))
         )
     return len(deleted)
+
+
+_STATUS_TYPES = (EventType.IMPORTED.value, EventType.STATUS_CHANGED.value)
+
+
+async def status_history(
+    session: AsyncSession, cluster_id: uuid.UUID, *, since: datetime
+) -> tuple[str | None, list[tuple[datetime, str]]]:
+    """The status in force at ``since`` (None if the log has nothing earlier) and every status
+    transition after it, oldest first (an import counts as the transition to UNKNOWN)."""
+    base = select(ClusterEventRecord.at, ClusterEventRecord.status).where(
+        ClusterEventRecord.cluster_id == cluster_id,
+        ClusterEventRecord.type.in_(_STATUS_TYPES),
+        ClusterEventRecord.status.is_not(None),
+    )
+    before = await session.execute(
+        base.where(ClusterEventRecord.at < since).order_by(ClusterEventRecord.id.desc()).limit(1)
+    )
+    initial = before.first()
+    rows = await session.execute(
+        base.where(ClusterEventRecord.at >= since).order_by(ClusterEventRecord.id)
+    )
+    return (
+        None if initial is None else str(initial.status),
+        [(row.at, str(row.status)) for row in rows.all()],
+    )

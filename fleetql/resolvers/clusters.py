@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fleetql.db import clusters as db
+from fleetql.db import summary
 from fleetql.db.models import ClusterStatus
+from fleetql.db.summary import FleetSummary
 from fleetql.labels import LabelError, SelectorError, parse_label_selector, validate_label_key
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
@@ -23,22 +26,15 @@ class ClusterPage:
     items: list[db.ClusterRecord]
 
 
-async def list_clusters(
-    context: Context,
+def cluster_filter(
     *,
     statuses: Sequence[ClusterStatus] = (),
     search: str | None = None,
     labels: Sequence[tuple[str, str]] = (),
     label_selector: str | None = None,
-    page: int = 1,
-    limit: int = 20,
-    ordering: db.Ordering = DEFAULT_ORDERING,
-) -> ClusterPage:
-    max_limit = context.services.settings.cluster_manager.max_page_size
-    if page < 1:
-        raise InvalidArgument("page", "must be 1 or more")
-    if not 0 <= limit <= max_limit:
-        raise InvalidArgument("limit", f"must be between 0 and {max_limit}")
+    credential_expires_before: datetime | None = None,
+) -> db.ClusterFilter:
+    """A client's filter, validated, naming the argument at fault."""
     try:
         selector = parse_label_selector(label_selector or "")
     except SelectorError as error:
@@ -53,17 +49,49 @@ async def list_clusters(
             # Both cannot hold at once; say so rather than quietly returning nothing.
             raise InvalidArgument(f"filter.labels[{index}]", f"label {key!r} is given twice")
         label_map[key] = value
-    where = db.ClusterFilter(
+    return db.ClusterFilter(
         statuses=tuple(statuses),
         search=search or None,
         labels=label_map,
         selector=selector,
+        credential_expires_before=credential_expires_before,
     )
+
+
+async def list_clusters(
+    context: Context,
+    *,
+    where: db.ClusterFilter | None = None,
+    statuses: Sequence[ClusterStatus] = (),
+    search: str | None = None,
+    labels: Sequence[tuple[str, str]] = (),
+    label_selector: str | None = None,
+    page: int = 1,
+    limit: int = 20,
+    ordering: db.Ordering = DEFAULT_ORDERING,
+) -> ClusterPage:
+    max_limit = context.services.settings.cluster_manager.max_page_size
+    if page < 1:
+        raise InvalidArgument("page", "must be 1 or more")
+    if not 0 <= limit <= max_limit:
+        raise InvalidArgument("limit", f"must be between 0 and {max_limit}")
+    if where is None:
+        where = cluster_filter(
+            statuses=statuses, search=search, labels=labels, label_selector=label_selector
+        )
     async with context.services.sessions() as session:
         total, items = await db.list_clusters(
             session, where, ordering=ordering, offset=(page - 1) * limit, limit=limit
         )
     return ClusterPage(total=total, page=page, limit=limit, items=items)
+
+
+async def fleet_summary(context: Context, *, where: db.ClusterFilter) -> FleetSummary:
+    warning = context.services.settings.cluster_manager.credential_expiry_warning
+    async with context.services.sessions() as session:
+        return await summary.fleet_summary(
+            session, where, expiring_before=datetime.now(UTC) + warning
+        )
 
 
 async def get_cluster(context: Context, cluster_id: uuid.UUID) -> db.ClusterRecord | None:

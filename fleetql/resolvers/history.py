@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
+from fleetql.availability import Availability, Transition, availability, is_flapping, parse_window
 from fleetql.db import events as log
 from fleetql.db.events import LoggedEvent
 from fleetql.db.models import EventType
@@ -14,7 +15,7 @@ from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
 from fleetql.resolvers.events import parse_event_id
 
-__all__ = ["MAX_PAGE", "HistoryPage", "list_events"]
+__all__ = ["MAX_PAGE", "HistoryPage", "cluster_availability", "cluster_is_flapping", "list_events"]
 
 MAX_PAGE = 200
 
@@ -59,3 +60,40 @@ async def list_events(
             first=first,
         )
     return HistoryPage(events=page.items, has_more=page.has_more)
+
+
+async def cluster_availability(
+    context: Context, cluster_id: uuid.UUID, *, window: str, now: datetime | None = None
+) -> Availability:
+    """Availability over the window, from the status transitions in the event log."""
+    try:
+        length = parse_window(window)
+    except ValueError as error:
+        raise InvalidArgument("window", str(error)) from None
+    now = now or datetime.now(UTC)
+    start = now - length
+    async with context.services.sessions() as session:
+        initial, changes = await log.status_history(session, cluster_id, since=start)
+    return availability(
+        initial=initial,
+        transitions=[Transition(at=at, status=status) for at, status in changes],
+        window_start=start,
+        now=now,
+    )
+
+
+async def cluster_is_flapping(
+    context: Context, cluster_id: uuid.UUID, *, now: datetime | None = None
+) -> bool:
+    """More status changes in the last hour than cluster_manager.flapping_threshold."""
+    now = now or datetime.now(UTC)
+    window = timedelta(hours=1)
+    async with context.services.sessions() as session:
+        _, changes = await log.status_history(session, cluster_id, since=now - window)
+    threshold = context.services.settings.cluster_manager.flapping_threshold
+    return is_flapping(
+        [Transition(at=at, status=status) for at, status in changes],
+        now=now,
+        window=window,
+        threshold=threshold + 1,
+    )

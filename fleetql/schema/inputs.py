@@ -34,6 +34,9 @@ class ClusterFilter:
         default=None,
         description="kubectl syntax: env=prod,tier!=db,region in (sh,bj),!deprecated,team",
     )
+    credential_expires_before: datetime | None = strawberry.field(
+        default=None, description="Clusters whose credential expires before this time."
+    )
 
 
 @strawberry.input(description="Every condition given must hold; with none, every cluster.")

@@ -7,13 +7,14 @@ import uuid
 import strawberry
 from strawberry.types import Info
 
+from fleetql.db.clusters import ClusterFilter as DbClusterFilter
 from fleetql.db.clusters import OrderField, Ordering
 from fleetql.resolvers import clusters, history
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.enums import OrderDirection
 from fleetql.schema.inputs import ClusterFilter, ClusterOrder, EventFilter
-from fleetql.schema.types import Cluster, ClusterPage, EventPage
+from fleetql.schema.types import Cluster, ClusterPage, EventPage, FleetSummary
 
 
 def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
@@ -23,6 +24,17 @@ def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
         raise InvalidArgument(
             argument, f"{str(value)[:64]!r} is not a cluster id (a UUID)"
         ) from None
+
+
+def _cluster_filter(filter: ClusterFilter | None) -> DbClusterFilter:
+    where = filter or ClusterFilter()
+    return clusters.cluster_filter(
+        statuses=where.status or (),
+        search=where.search,
+        labels=[(label.key, label.value) for label in where.labels or ()],
+        label_selector=where.label_selector,
+        credential_expires_before=where.credential_expires_before,
+    )
 
 
 @strawberry.type
@@ -36,14 +48,10 @@ class Query:
         limit: int = 20,
         order_by: ClusterOrder | None = None,
     ) -> ClusterPage:
-        where = filter or ClusterFilter()
         order = order_by or ClusterOrder()
         result = await clusters.list_clusters(
             info.context,
-            statuses=where.status or (),
-            search=where.search,
-            labels=[(label.key, label.value) for label in where.labels or ()],
-            label_selector=where.label_selector,
+            where=_cluster_filter(filter),
             page=page,
             limit=limit,
             ordering=Ordering(
@@ -77,3 +85,12 @@ class Query:
             after=None if after is None else str(after),
         )
         return EventPage.from_result(page)
+
+    @strawberry.field(
+        description="The dashboard header: totals by status and version, nodes and capacity."
+    )
+    async def fleet_summary(
+        self, info: Info[Context, None], filter: ClusterFilter | None = None
+    ) -> FleetSummary:
+        result = await clusters.fleet_summary(info.context, where=_cluster_filter(filter))
+        return FleetSummary.from_result(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Self
 
@@ -11,6 +12,7 @@ from strawberry.types import Info
 
 from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
+from fleetql.db.summary import FleetSummary as FleetSummaryResult
 from fleetql.events.bus import Delivery
 from fleetql.resolvers import history
 from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
@@ -41,6 +43,19 @@ class Credential:
         description="A client certificate's notAfter, or a JWT token's exp; null when unknown."
     )
     subject: str | None = strawberry.field(description="Who the cluster sees, when known.")
+
+
+@strawberry.type(description="Time spent in each status over a window.")
+class AvailabilityFigures:
+    ratio: float | None = strawberry.field(
+        description="HEALTHY time over known time (DEGRADED counts against it); null if unknown."
+    )
+    healthy_seconds: float
+    degraded_seconds: float
+    unhealthy_seconds: float
+    unreachable_seconds: float
+    unknown_seconds: float
+    transitions: int
 
 
 @strawberry.type(description="An imported Kubernetes cluster and its latest known state.")
@@ -79,6 +94,38 @@ class Cluster:
     pending_status: ClusterStatus | None = strawberry.field(
         description="A status seen but not yet held long enough to be the status."
     )
+
+    @strawberry.field(
+        description=(
+            "How much of the window (24h, 7d, 30d; any <n>m, <n>h or <n>d up to 90d) the "
+            "cluster was HEALTHY, from its status history. Time before import or not yet "
+            "checked is unknown and left out of the ratio."
+        )
+    )
+    async def availability(
+        self, info: Info[Context, None], window: str = "24h"
+    ) -> AvailabilityFigures:
+        figures = await history.cluster_availability(
+            info.context, uuid.UUID(str(self.id)), window=window
+        )
+        return AvailabilityFigures(
+            ratio=figures.ratio,
+            healthy_seconds=figures.healthy_seconds,
+            degraded_seconds=figures.degraded_seconds,
+            unhealthy_seconds=figures.unhealthy_seconds,
+            unreachable_seconds=figures.unreachable_seconds,
+            unknown_seconds=figures.unknown_seconds,
+            transitions=figures.transitions,
+        )
+
+    @strawberry.field(
+        description=(
+            "The status changed more often in the last hour than "
+            "cluster_manager.flapping_threshold."
+        )
+    )
+    async def flapping(self, info: Info[Context, None]) -> bool:
+        return await history.cluster_is_flapping(info.context, uuid.UUID(str(self.id)))
 
     @strawberry.field(description="This cluster's event log, newest first.")
     async def events(
@@ -307,4 +354,55 @@ class ClustersPayload:
         return cls(
             clusters=[Cluster.from_row(row) for row in result.clusters],
             user_errors=[UserError.from_result(error) for error in result.user_errors],
+        )
+
+
+@strawberry.type
+class StatusCount:
+    status: ClusterStatus
+    clusters: int
+
+
+@strawberry.type
+class VersionCount:
+    minor_version: str | None = strawberry.field(description="e.g. v1.28; null: not known yet.")
+    clusters: int
+
+
+@strawberry.type(description="Totals over the clusters matching the filter.")
+class FleetSummary:
+    clusters: int
+    by_status: list[StatusCount]
+    by_minor_version: list[VersionCount]
+    nodes: int
+    ready_nodes: int
+    cpu_capacity_cores: float
+    cpu_allocatable_cores: float
+    memory_capacity_bytes: Long
+    memory_allocatable_bytes: Long
+    credentials_expiring: int = strawberry.field(
+        description="Credentials expiring within cluster_manager.credential_expiry_warning."
+    )
+
+    @classmethod
+    def from_result(cls, summary: FleetSummaryResult) -> Self:
+        return cls(
+            clusters=summary.clusters,
+            by_status=[
+                StatusCount(status=ClusterStatus(status), clusters=count)
+                for status, count in sorted(summary.by_status.items())
+            ],
+            by_minor_version=[
+                VersionCount(minor_version=version, clusters=count)
+                for version, count in sorted(
+                    summary.by_minor_version.items(), key=lambda item: item[0] or ""
+                )
+            ],
+            nodes=summary.nodes,
+            ready_nodes=summary.ready_nodes,
+            cpu_capacity_cores=float(summary.cpu_capacity_cores),
+            cpu_allocatable_cores=float(summary.cpu_allocatable_cores),
+            memory_capacity_bytes=summary.memory_capacity_bytes,  # type: ignore[arg-type]
+            memory_allocatable_bytes=summary.memory_allocatable_bytes,  # type: ignore[arg-type]
+            credentials_expiring=summary.credentials_expiring,
         )
