@@ -30,6 +30,7 @@ from fleetql.demo import demo_fleet
 from fleetql.events.backends import create_backend
 from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
+from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
@@ -187,6 +188,11 @@ def create_app(
                 await stack.enter_async_context(
                     demo_fleet(services, count=demo_clusters, nodes=demo_nodes)
                 )
+            upkeep = asyncio.create_task(
+                housekeeping_forever(services.sessions, settings.cluster_manager),
+                name="housekeeping",
+            )
+            stack.push_async_callback(_cancel, upkeep)
             closer = ConnectionCloser()
             stack.push_async_callback(closer.aclose)
             app.state.services = services
