@@ -141,7 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args, overrides)
     if args.demo:
         # A demo should move: check its clusters often, whatever the configured interval.
-        poller = settings.poller.model_copy(update={"enabled": True, "check_interval": _DEMO_EVERY})
+        poller = settings.poller.model_copy(
+            update={"enabled": True, "check_interval": _DEMO_EVERY, "retry_delay": _DEMO_EVERY / 2}
+        )
         settings = settings.model_copy(update={"poller": poller})
     app = create_app(
         settings,

@@ -115,6 +115,9 @@ class PollerSettings(_Section):
     max_concurrency: int = Field(default=10, ge=1)
     retry_attempts: int = Field(default=3, ge=0)
     retry_delay: Duration = timedelta(seconds=30)
+    # A new status is recorded only once this many checks in a row saw it (a first check is
+    # recorded at once); until then it shows as pendingStatus and is re-checked retry_delay on.
+    status_threshold: int = Field(default=2, ge=1)
 
 
 class ClusterManagerSettings(_Section):

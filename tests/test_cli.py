@@ -120,10 +120,9 @@ def test_serve_with_embedded_database_walkthrough(scratch_dir: Path, tmp_kubecon
         listed = httpx.post(
             url, json={"query": "{ clusters { total items { name status } } }"}
         ).json()
-        assert listed["data"]["clusters"] == {
-            "total": 1,
-            "items": [{"name": "laptop", "status": "UNKNOWN"}],
-        }
+        # The made-up cluster cannot be reached: its first check, if done yet, says so.
+        [item] = listed["data"]["clusters"]["items"]
+        assert item["name"] == "laptop" and item["status"] in ("UNKNOWN", "UNREACHABLE")
     finally:
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=60)[0]

@@ -302,7 +302,11 @@ async def test_a_refused_kubeconfig_leaves_the_old_one_working_and_a_new_one_is_
     poller = Poller(
         sessions=create_session_factory(engine),
         cipher=cipher,
-        settings=PollerSettings(client_timeout="2s", retry_attempts=0),  # type: ignore[arg-type]
+        settings=PollerSettings(
+            client_timeout="2s",  # type: ignore[arg-type]
+            retry_attempts=0,
+            status_threshold=1,
+        ),
         pool=ClientPool(),
     )
     try:

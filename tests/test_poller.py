@@ -33,7 +33,8 @@ mutation($input: ImportClusterInput!) {
 STATE = """
 query($id: ID!) {
   cluster(id: $id) {
-    status nodeCount readyNodeCount kubernetesVersion consecutiveFailures lastHeartbeatAt
+    status pendingStatus nodeCount readyNodeCount kubernetesVersion consecutiveFailures
+    lastHeartbeatAt
     cpuCapacityCores cpuAllocatableCores cpuUsageCores
     memoryCapacityBytes memoryAllocatableBytes memoryUsageBytes
     lastError { code message }
@@ -67,6 +68,8 @@ class Fleet:
             "retry_attempts": 2,
             "retry_delay": "10ms",
             "max_concurrency": 10,
+            # Damping has tests of its own; the others see each status at once.
+            "status_threshold": 1,
         }
         poller = Poller(
             sessions=self.sessions,
@@ -201,18 +204,32 @@ async def test_unresolvable_host_is_a_dns_error(fleet: Fleet) -> None:
     assert "no-such-host.invalid" in state["lastError"]["message"]
 
 
-async def test_status_is_kept_while_retries_remain(fleet: Fleet) -> None:
+async def test_one_failed_check_is_pending_and_two_change_the_status(fleet: Fleet) -> None:
+    """Damping, one rule for every path: a new status is recorded once it held for
+    status_threshold checks in a row; until then it is pendingStatus, re-checked soon."""
     cluster_id = await fleet.add("steady")
-    await sweep(fleet.poller())
+    await sweep(fleet.poller(status_threshold=2))  # a first check is recorded at once
+    assert (await fleet.state(cluster_id))["status"] == "HEALTHY"
+    original = fleet.sim.cluster("steady").spec.token
     fleet.sim.cluster("steady").spec.token = "rotated-elsewhere"
+    poller = fleet.poller(status_threshold=2, retry_attempts=3, retry_delay="1h")
     await fleet.make_due()
-    poller = fleet.poller(retry_attempts=3, retry_delay="1h")
     await sweep(poller)
     state = await fleet.state(cluster_id)
-    assert poller.stats.checks == 1
-    assert state["status"] == "HEALTHY"
-    assert state["lastError"]["code"] == "UNAUTHORIZED"
-    assert state["consecutiveFailures"] == 1
+    assert state["status"] == "HEALTHY" and state["pendingStatus"] == "UNREACHABLE"
+    assert state["lastError"]["code"] == "UNAUTHORIZED" and state["consecutiveFailures"] == 1
+    await fleet.make_due()
+    await sweep(poller)
+    state = await fleet.state(cluster_id)
+    assert state["status"] == "UNREACHABLE" and state["pendingStatus"] is None
+    # Recovery is damped the same way: one good check is pending, two are recorded.
+    fleet.sim.cluster("steady").spec.token = original
+    for expected, pending in (("UNREACHABLE", "HEALTHY"), ("HEALTHY", None)):
+        await fleet.make_due()
+        await sweep(poller)
+        state = await fleet.state(cluster_id)
+        assert (state["status"], state["pendingStatus"]) == (expected, pending)
+    await poller.pool.aclose()
 
 
 async def test_refused_credentials_are_unauthorized(fleet: Fleet) -> None:

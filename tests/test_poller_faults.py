@@ -60,6 +60,7 @@ class Fleet:
             "retry_attempts": 1,
             "retry_delay": "10ms",
             "max_concurrency": 10,
+            "status_threshold": 1,  # damping is tested in test_poller.py
         }
         return Poller(
             sessions=self.sessions,

@@ -54,6 +54,7 @@ def live_server(settings: Settings) -> Iterator[ThreadedServer]:
                 check_interval=timedelta(seconds=1),
                 client_timeout=timedelta(seconds=2),
                 retry_attempts=0,
+                status_threshold=1,
             ),
             "events": EventsSettings(
                 subscriber_queue_size=QUEUE_SIZE,

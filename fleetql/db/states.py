@@ -44,6 +44,8 @@ class DueCluster:
     status: str
     consecutive_failures: int
     last_checked_at: datetime | None
+    pending_status: str | None = None
+    pending_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ async def claim_due_clusters(
             ClusterState.status,
             ClusterState.consecutive_failures,
             ClusterState.last_checked_at,
+            ClusterState.pending_status,
+            ClusterState.pending_count,
         )
     )
     rows = (await session.execute(claim)).all()

@@ -47,17 +47,33 @@ def observed_values(observation: Observation) -> dict[str, Any]:
     return values
 
 
-def failed_values(
-    failure: CheckFailed, *, consecutive_failures: int, retry_attempts: int
-) -> dict[str, Any]:
-    """Column values after a failed check. The status changes only once the retries are spent,
-    so one lost packet does not flip a healthy cluster."""
-    values: dict[str, Any] = {
+def failed_values(failure: CheckFailed, *, consecutive_failures: int) -> dict[str, Any]:
+    """Column values after a failed check; whether its status is recorded yet is damping's
+    decision (see ``damp``), the same rule as for every other change."""
+    status = ClusterStatus.UNHEALTHY if failure.reachable else ClusterStatus.UNREACHABLE
+    return {
+        "status": status.value,
         "last_error_code": failure.error.code,
         "last_error_message": failure.error.message,
         "consecutive_failures": consecutive_failures,
     }
-    if consecutive_failures > retry_attempts:
-        status = ClusterStatus.UNHEALTHY if failure.reachable else ClusterStatus.UNREACHABLE
-        values["status"] = status.value
-    return values
+
+
+def damp(
+    values: dict[str, Any],
+    *,
+    current: str,
+    pending: str | None,
+    pending_count: int,
+    threshold: int,
+) -> dict[str, Any]:
+    """Record a new status only once ``threshold`` checks in a row saw it, so that one timeout
+    does not flip HEALTHY to UNREACHABLE and back; meanwhile it is ``pending_status``. A first
+    check (from UNKNOWN) is recorded at once. Everything else a check saw is recorded anyway."""
+    observed = values["status"]
+    if current == ClusterStatus.UNKNOWN.value or observed == current:
+        return values | {"pending_status": None, "pending_count": 0}
+    count = pending_count + 1 if pending == observed else 1
+    if count >= threshold:
+        return values | {"pending_status": None, "pending_count": 0}
+    return values | {"status": current, "pending_status": observed, "pending_count": count}

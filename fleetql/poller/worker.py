@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fleetql.config import PollerSettings
 from fleetql.crypto import DecryptionError, EncryptedBlob, KubeconfigCipher
 from fleetql.db.states import DueCluster, StateChange, claim_due_clusters, record_check
-from fleetql.poller.assessment import failed_values, observed_values
+from fleetql.poller.assessment import damp, failed_values, observed_values
 from fleetql.poller.client import build_api_client
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.probe import CheckFailed, probe
@@ -169,14 +169,22 @@ class Poller:
             logger.info(
                 "check of %s failed (%s): %s", due.name, failure.error.code, failure.error.message
             )
-            values = failed_values(
-                failure,
-                consecutive_failures=failures,
-                retry_attempts=self.settings.retry_attempts,
-            )
-            retrying = failures <= self.settings.retry_attempts
+            values = self._damp(failed_values(failure, consecutive_failures=failures), due)
+            retrying = failures <= self.settings.retry_attempts or bool(values["pending_status"])
             return values, False, self.settings.retry_delay if retrying else self._interval(due)
-        return observed_values(observation), True, self._interval(due)
+        values = self._damp(observed_values(observation), due)
+        # A status seen once is confirmed (or not) soon, not a whole interval later.
+        pending = values["pending_status"] is not None
+        return values, True, self.settings.retry_delay if pending else self._interval(due)
+
+    def _damp(self, values: dict[str, object], due: DueCluster) -> dict[str, object]:
+        return damp(
+            values,
+            current=due.status,
+            pending=due.pending_status,
+            pending_count=due.pending_count,
+            threshold=self.settings.status_threshold,
+        )
 
     def _kubeconfig(self, due: DueCluster) -> tuple[dict[str, object], str]:
         blob = EncryptedBlob(
