@@ -368,3 +368,12 @@ async def check_soon(session: AsyncSession, cluster_id: uuid.UUID) -> None:
         .where(ClusterState.cluster_id == cluster_id)
         .values(next_check_at=func.now())
     )
+
+
+def matching_ids(where: ClusterFilter) -> Select[uuid.UUID]:
+    """The ids of live clusters matching ``where``, as a subquery for bulk statements."""
+    return (
+        select(Cluster.id)
+        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
+        .where(Cluster.deleted_at.is_(None), *filter_conditions(where))
+    )

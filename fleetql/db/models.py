@@ -95,6 +95,7 @@ class ClusterState(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     pending_status: Mapped[str | None] = mapped_column(Text)
     pending_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    claimed_until: Mapped[datetime | None] = mapped_column()
 
     cluster: Mapped[Cluster] = relationship(back_populates="state", lazy="raise")
 

@@ -8,12 +8,12 @@ that dies mid-check leaves clusters that simply become due again when the lease 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.events import NewEvent, log_events
@@ -68,6 +68,7 @@ async def claim_due_clusters(
         .join(Cluster, Cluster.id == ClusterState.cluster_id)
         .where(
             ClusterState.next_check_at <= func.now(),
+            or_(ClusterState.claimed_until.is_(None), ClusterState.claimed_until <= func.now()),
             Cluster.deleted_at.is_(None),
             Cluster.kubeconfig_ciphertext.is_not(None),
         )
@@ -79,7 +80,7 @@ async def claim_due_clusters(
     claim = (
         update(ClusterState)
         .where(ClusterState.cluster_id == due.c.cluster_id, Cluster.id == ClusterState.cluster_id)
-        .values(next_check_at=func.now() + lease)
+        .values(next_check_at=func.now() + lease, claimed_until=func.now() + lease)
         .returning(
             Cluster.id,
             Cluster.name,
@@ -125,6 +126,7 @@ async def record_check(
             **({"last_heartbeat_at": func.now()} if heartbeat else {}),
             last_checked_at=func.now(),
             next_check_at=func.now() + next_check_in,
+            claimed_until=None,
             updated_at=func.now(),
         )
         .returning(
@@ -216,3 +218,20 @@ def check_events(
             event(EventType.RECOVERED, f"check succeeded after {failures_before} failures")
         )
     return events
+
+
+async def request_checks(session: AsyncSession, where: Sequence[Any]) -> int:
+    """Make the live clusters matching ``where`` due now; returns how many. One being checked
+    right now is left to that check (its claim stops a second one). The caller commits."""
+    statement = (
+        update(ClusterState)
+        .where(
+            ClusterState.cluster_id == Cluster.id,
+            Cluster.deleted_at.is_(None),
+            Cluster.kubeconfig_ciphertext.is_not(None),
+            *where,
+        )
+        .values(next_check_at=func.least(ClusterState.next_check_at, func.now()))
+        .returning(ClusterState.cluster_id)
+    )
+    return len((await session.execute(statement)).all())

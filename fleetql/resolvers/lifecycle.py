@@ -8,18 +8,21 @@ cluster never disagree. Expected failures are ``UserError``s; nothing is stored 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from fleetql.credentials import inspect_credential
 from fleetql.db import clusters as db
 from fleetql.db.events import NewEvent, log_events
 from fleetql.db.models import Cluster, EventType
+from fleetql.db.states import request_checks
 from fleetql.labels import LabelError, validate_label_key
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import UserError
@@ -34,11 +37,14 @@ __all__ = [
     "ClusterUpdate",
     "LifecycleResult",
     "remove_cluster",
+    "resync_cluster",
+    "resync_clusters",
     "set_cluster_labels",
     "update_cluster",
 ]
 
 MAX_BULK = 1000
+RESYNC_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -289,3 +295,51 @@ async def set_cluster_labels(
     if events:
         context.services.relay.wake()
     return LifecycleResult(clusters=[records[i] for i in unique if i in records])
+
+
+async def resync_cluster(context: Context, cluster_id: uuid.UUID, *, wait: bool) -> LifecycleResult:
+    """Check the cluster now, through the poller (so inside its concurrency limit, and once
+    across replicas); with ``wait``, return the state that check wrote."""
+    async with context.services.sessions() as session:
+        now = await session.scalar(select(func.now()))
+        assert now is not None
+        requested_at: datetime = now
+        queued = await request_checks(session, [Cluster.id == cluster_id])
+        await session.commit()
+        record = await db.get_cluster(session, cluster_id)
+    if not queued or record is None:
+        return LifecycleResult(user_errors=[_not_found("id", cluster_id)])
+    if not wait:
+        return LifecycleResult(clusters=[record])
+    poller = context.services.settings.poller
+    # A check makes a few requests, each bounded by client_timeout; the poller looks for due
+    # clusters about every second.
+    patience = poller.client_timeout.total_seconds() * 2 + 2.0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while loop.time() < deadline:
+        await asyncio.sleep(RESYNC_POLL)
+        async with context.services.sessions() as session:
+            record = await db.get_cluster(session, cluster_id)
+        if record is None:
+            return LifecycleResult(user_errors=[_not_found("id", cluster_id)])
+        if record.last_checked_at is not None and record.last_checked_at >= requested_at:
+            return LifecycleResult(clusters=[record])
+    return LifecycleResult(
+        clusters=[record],
+        user_errors=[
+            UserError(
+                "id",
+                "TIMEOUT",
+                f"no check finished within {patience:.0f}s; it stays queued (is a poller running?)",
+            )
+        ],
+    )
+
+
+async def resync_clusters(context: Context, where: db.ClusterFilter) -> int:
+    """Queue a check now for every cluster matching ``where``; returns how many."""
+    async with context.services.sessions() as session:
+        queued = await request_checks(session, [Cluster.id.in_(db.matching_ids(where))])
+        await session.commit()
+    return queued

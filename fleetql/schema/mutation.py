@@ -7,13 +7,19 @@ from strawberry.types import Info
 
 from fleetql.resolvers import imports, lifecycle
 from fleetql.resolvers.context import Context
-from fleetql.schema.inputs import ImportClusterInput, LabelInput, UpdateClusterInput
-from fleetql.schema.query import parse_cluster_id
+from fleetql.schema.inputs import (
+    ClusterFilter,
+    ImportClusterInput,
+    LabelInput,
+    UpdateClusterInput,
+)
+from fleetql.schema.query import cluster_filter_of, parse_cluster_id
 from fleetql.schema.types import (
     Cluster,
     ClusterPayload,
     ClustersPayload,
     ImportClusterPayload,
+    ResyncClustersPayload,
     UserError,
 )
 
@@ -92,3 +98,23 @@ class Mutation:
             remove=remove or (),
         )
         return ClustersPayload.from_result(result)
+
+    @strawberry.mutation(
+        description=(
+            "Check a cluster now, outside its schedule (inside the poller's concurrency limit, "
+            "once across replicas). With wait, returns the state that check wrote, or a "
+            "TIMEOUT userError after about twice the client timeout."
+        )
+    )
+    async def resync_cluster(
+        self, info: Info[Context, None], id: strawberry.ID, wait: bool = True
+    ) -> ClusterPayload:
+        result = await lifecycle.resync_cluster(info.context, parse_cluster_id(id), wait=wait)
+        return ClusterPayload.from_result(result)
+
+    @strawberry.mutation(description="Queue a check now for every matching cluster.")
+    async def resync_clusters(
+        self, info: Info[Context, None], filter: ClusterFilter | None = None
+    ) -> ResyncClustersPayload:
+        queued = await lifecycle.resync_clusters(info.context, cluster_filter_of(filter))
+        return ResyncClustersPayload(queued=queued)

@@ -26,7 +26,7 @@ def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
         ) from None
 
 
-def _cluster_filter(filter: ClusterFilter | None) -> DbClusterFilter:
+def cluster_filter_of(filter: ClusterFilter | None) -> DbClusterFilter:
     where = filter or ClusterFilter()
     return clusters.cluster_filter(
         statuses=where.status or (),
@@ -51,7 +51,7 @@ class Query:
         order = order_by or ClusterOrder()
         result = await clusters.list_clusters(
             info.context,
-            where=_cluster_filter(filter),
+            where=cluster_filter_of(filter),
             page=page,
             limit=limit,
             ordering=Ordering(
@@ -92,5 +92,5 @@ class Query:
     async def fleet_summary(
         self, info: Info[Context, None], filter: ClusterFilter | None = None
     ) -> FleetSummary:
-        result = await clusters.fleet_summary(info.context, where=_cluster_filter(filter))
+        result = await clusters.fleet_summary(info.context, where=cluster_filter_of(filter))
         return FleetSummary.from_result(result)

@@ -406,3 +406,8 @@ class FleetSummary:
             memory_allocatable_bytes=summary.memory_allocatable_bytes,  # type: ignore[arg-type]
             credentials_expiring=summary.credentials_expiring,
         )
+
+
+@strawberry.type
+class ResyncClustersPayload:
+    queued: int = strawberry.field(description="How many clusters will be checked now.")
