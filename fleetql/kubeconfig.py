@@ -22,6 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent, ScalarEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+# libyaml's emitter when the wheel has it: about 8 times faster than the pure-Python one, and
+# every import and update serialises the kubeconfig it stores.
+_SAFE_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 DEFAULT_MAX_BYTES = 512 * 1024
 
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+", re.ASCII)
@@ -86,7 +90,7 @@ class ResolvedKubeconfig:
 
     def to_yaml(self) -> bytes:
         """Serialise the minimal kubeconfig, as it is encrypted and stored."""
-        return yaml.safe_dump(self.document, sort_keys=False).encode("utf-8")
+        return yaml.dump(self.document, Dumper=_SAFE_DUMPER, sort_keys=False).encode("utf-8")
 
 
 def decode_kubeconfig_input(value: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

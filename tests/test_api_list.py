@@ -230,6 +230,23 @@ async def test_pagination_edges(fleet: GraphQLClient) -> None:
     assert len((await fleet.data(LIST, {"limit": 500}))["clusters"]["items"]) == 5
 
 
+async def test_total_is_counted_when_asked_for_even_through_fragments(
+    fleet: GraphQLClient,
+) -> None:
+    items_only = await fleet.data("{ clusters(page: 2, limit: 2) { items { name } } }")
+    assert [i["name"] for i in items_only["clusters"]["items"]] == ["prod-bj", "prod-sh"]
+    fragment = await fleet.data(
+        "query { clusters(limit: 1) { ...Counted } } fragment Counted on ClusterPage { total }"
+    )
+    inline = await fleet.data("{ clusters(limit: 1) { ... on ClusterPage { total } } }")
+    assert fragment["clusters"]["total"] == inline["clusters"]["total"] == 5
+    degraded = await fleet.data(
+        "{ clusters(filter: {status: [HEALTHY, DEGRADED]}, page: 2, limit: 1)"
+        " { total items { name } } }"
+    )
+    assert degraded["clusters"]["items"] and degraded["clusters"]["total"] >= 2
+
+
 @pytest.mark.parametrize(
     ("variables", "argument"),
     [({"limit": 501}, "limit"), ({"limit": -1}, "limit"), ({"page": 0}, "page")],

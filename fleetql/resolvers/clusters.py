@@ -20,7 +20,7 @@ DEFAULT_ORDERING = db.Ordering()
 
 @dataclass(frozen=True)
 class ClusterPage:
-    total: int
+    total: int | None  # None when the caller did not ask for it
     page: int
     limit: int
     items: list[db.ClusterRecord]
@@ -69,6 +69,7 @@ async def list_clusters(
     page: int = 1,
     limit: int = 20,
     ordering: db.Ordering = DEFAULT_ORDERING,
+    count: bool = True,
 ) -> ClusterPage:
     max_limit = context.services.settings.cluster_manager.max_page_size
     if page < 1:
@@ -81,7 +82,7 @@ async def list_clusters(
         )
     async with context.services.sessions() as session:
         total, items = await db.list_clusters(
-            session, where, ordering=ordering, offset=(page - 1) * limit, limit=limit
+            session, where, ordering=ordering, offset=(page - 1) * limit, limit=limit, count=count
         )
     return ClusterPage(total=total, page=page, limit=limit, items=items)
 

@@ -6,6 +6,7 @@ import uuid
 
 import strawberry
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from fleetql.db.clusters import ClusterFilter as DbClusterFilter
 from fleetql.db.clusters import OrderField, Ordering
@@ -24,6 +25,22 @@ def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
         raise InvalidArgument(
             argument, f"{str(value)[:64]!r} is not a cluster id (a UUID)"
         ) from None
+
+
+def _selects(info: Info[Context, None], name: str) -> bool:
+    """Whether the client selected ``name`` directly on this field's result, fragments
+    included (fields nested deeper do not count)."""
+
+    def at_this_level(selections: list[Selection]) -> bool:
+        for selection in selections:
+            if isinstance(selection, SelectedField):
+                if selection.name == name:
+                    return True
+            elif at_this_level(selection.selections):
+                return True
+        return False
+
+    return any(at_this_level(field.selections) for field in info.selected_fields)
 
 
 def cluster_filter_of(filter: ClusterFilter | None) -> DbClusterFilter:
@@ -58,6 +75,7 @@ class Query:
                 field=OrderField(order.field.value),
                 descending=order.direction is OrderDirection.DESC,
             ),
+            count=_selects(info, "total"),
         )
         return ClusterPage.from_result(result)
 

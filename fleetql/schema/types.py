@@ -187,7 +187,10 @@ class Cluster:
 
 @strawberry.type
 class ClusterPage:
-    total: int
+    total: int = strawberry.field(
+        description="How many clusters match; counted only when asked for (it costs more "
+        "than the page at 100,000 clusters)."
+    )
     page: int
     limit: int
     items: list[Cluster]
@@ -195,7 +198,7 @@ class ClusterPage:
     @classmethod
     def from_result(cls, result: ClusterPageResult) -> Self:
         return cls(
-            total=result.total,
+            total=-1 if result.total is None else result.total,
             page=result.page,
             limit=result.limit,
             items=[Cluster.from_row(row) for row in result.items],
