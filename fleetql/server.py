@@ -41,6 +41,9 @@ def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Conf
         ws=AbortableWebSocketProtocol,
         ws_ping_interval=events.ping_interval.total_seconds(),
         ws_ping_timeout=events.ping_timeout.total_seconds(),
+        # Events are a few hundred bytes: deflate saves little and its per-connection state is
+        # half of a subscriber's memory (bench/fanout.py).
+        ws_per_message_deflate=False,
         lifespan="on",
         **options,
     )

@@ -207,3 +207,21 @@ def test_filters_match_ids_labels_selectors_types_and_either_status() -> None:
     assert not by_status.accepts(logged(1, one, "UNREACHABLE", "DEGRADED"), prod)
     by_type = event_filter(types=[EventType.IMPORTED])
     assert not by_type.accepts(logged(1, one), prod)
+
+
+def test_each_subscription_event_gets_its_own_sub_field_cache() -> None:
+    """graphql-core shares the cache across per-event executors and never hits it, so it
+    would grow with every event of every subscription (a leak the fan-out benchmark found)."""
+    from graphql import parse
+
+    from fleetql.schema import PerEventExecutionContext, build_schema
+
+    schema = build_schema()
+    executor = PerEventExecutionContext.build(
+        schema._schema, parse("subscription { clusterStateChanged { id } }")
+    )
+    assert isinstance(executor, PerEventExecutionContext)
+    first = executor.build_per_event_executor({})
+    second = executor.build_per_event_executor({})
+    assert first._relevant_sub_fields is not executor._relevant_sub_fields
+    assert first._relevant_sub_fields is not second._relevant_sub_fields

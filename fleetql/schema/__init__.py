@@ -15,6 +15,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import ExecutionContext
 
 from fleetql.config import ServerSettings
@@ -39,6 +40,21 @@ def is_unexpected(error: GraphQLError) -> bool:
         and original is not None
         and not isinstance(original, InvalidArgument | GraphQLError)
     )
+
+
+class PerEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """Gives each subscription event a sub-field cache of its own.
+
+    graphql-core 3.3 copies the executor for every event but shares its sub-field cache, which
+    is keyed by the id of lists built afresh per event: it never hits, and keeps every list of
+    every event alive for as long as the subscription lasts (~3.7 KB per event and subscriber,
+    measured in bench/fanout.py).
+    """
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        executor = super().build_per_event_executor(payload)
+        executor._relevant_sub_fields = {}
+        return executor
 
 
 class FleetSchema(strawberry.Schema):
@@ -69,6 +85,7 @@ def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        execution_context_class=PerEventExecutionContext,
         extensions=[
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
             lambda: AddValidationRules([limits]),
