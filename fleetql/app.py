@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,12 +26,14 @@ from fleetql.db.embedded import embedded_postgres
 from fleetql.db.engine import create_engine, create_session_factory
 from fleetql.db.events import LoggedEvent, events_by_id
 from fleetql.db.keys import verify_encryption_key
+from fleetql.db.models import EventType
 from fleetql.demo import demo_fleet
 from fleetql.events.backends import create_backend
 from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
 from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
+from fleetql.poller.pool import ClientPool
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
 from fleetql.resolvers.context import Context, Services
@@ -150,6 +152,19 @@ async def open_services(
         )
 
 
+async def _forget_retired_clients(events: EventBus, pool: ClientPool) -> None:
+    """Close a cluster's pooled client as soon as it is removed or given new credentials, on
+    whichever replica holds it (every replica sees every event)."""
+    retiring = {EventType.REMOVED, EventType.UPDATED}
+    while True:  # a resync ends a subscription; take a new one
+        subscription = events.subscribe(lambda event, cluster: event.type in retiring)
+        async with aclosing(subscription):
+            async for delivery in subscription:
+                event = delivery.event
+                if event.type is EventType.REMOVED or "credential" in event.changes:
+                    await pool.forget(event.cluster_id)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -176,7 +191,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, migrate=migrate) as services, AsyncExitStack() as stack:
             if settings.poller.enabled:
-                await stack.enter_async_context(
+                poller = await stack.enter_async_context(
                     running_poller(
                         settings,
                         sessions=services.sessions,
@@ -184,6 +199,11 @@ def create_app(
                         publish=services.relay.wake_after,
                     )
                 )
+                retired = asyncio.create_task(
+                    _forget_retired_clients(services.events, poller.pool), name="pool.retire"
+                )
+                stack.push_async_callback(_cancel, retired)
+                app.state.poller = poller
             if demo_clusters > 0:
                 await stack.enter_async_context(
                     demo_fleet(services, count=demo_clusters, nodes=demo_nodes)

@@ -129,3 +129,26 @@ async def test_without_a_poller_the_wait_ends_with_a_timeout(
             payload = (await api.data(RESYNC, {"id": cluster_id, "wait": True}))["resyncCluster"]
     assert [e["code"] for e in payload["userErrors"]] == ["TIMEOUT"]
     assert payload["cluster"]["status"] == "UNKNOWN"
+
+
+async def test_removing_a_cluster_closes_its_pooled_client(
+    settings: Settings, database_url: str, server: ThreadedServer, sim: Simulator
+) -> None:
+    await truncate(database_url)
+    live = polling(settings)
+    with ThreadedServer(create_app(live, migrate=False), live) as replica:
+        pool = replica.app.state.poller.pool
+        async with httpx.AsyncClient(timeout=30) as http:
+            api = GraphQLClient(http, replica.url)
+            cluster_id = await import_checked(api, sim, "pooled")
+            assert len(pool) == 1
+            closed = pool.stats.closed
+            await api.data(
+                "mutation($id: ID!) { removeCluster(id: $id) { userErrors { code } } }",
+                {"id": cluster_id},
+            )
+            for _ in range(100):
+                if len(pool) == 0:
+                    break
+                await asyncio.sleep(0.05)
+    assert len(pool) == 0 and pool.stats.closed == closed + 1
