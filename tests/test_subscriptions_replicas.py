@@ -150,3 +150,64 @@ async def test_subscribers_are_told_to_resubscribe_after_postgres_restarts(
                     assert event["clusterId"] == after
     finally:
         await asyncio.to_thread(server.cleanup)
+
+
+async def test_a_console_resumes_on_another_replica_without_gap_or_repeat(
+    replica: ThreadedServer, settings: Settings, database_url: str
+) -> None:
+    """A console loses its websocket to one replica, changes land meanwhile through the
+    other, and it reconnects (through the load balancer) to the other with `after`."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
+    env |= {
+        "DATABASE_URL": database_url,
+        "FLEETQL_ENCRYPTION_KEY": settings.encryption.key or "",
+        "FLEETQL_EVENTS__URL": "postgres://",
+        "FLEETQL_POLLER__ENABLED": "false",
+        "FLEETQL_SERVER__LOG_LEVEL": "warning",
+    }
+    other = await asyncio.create_subprocess_exec(
+        *(FLEETQL, "serve", "--port", str(port), "--no-migrate"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    other_url = f"http://127.0.0.1:{port}/graphql"
+    resume = "subscription($after: ID) { clusterEvents(after: $after) { id clusterId type } }"
+    try:
+        async with Simulator() as sim, httpx.AsyncClient(timeout=30) as http:
+            for _ in range(600):
+                try:
+                    await http.post(other_url, json={"query": "{ __typename }"})
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+
+            async def import_through(url: str, name: str) -> str:
+                sim.add_cluster(name)
+                kubeconfig = yaml.safe_dump(sim.kubeconfig(name))
+                data = await GraphQLClient(http, url).data(
+                    IMPORT, {"input": {"name": name, "kubeconfig": kubeconfig}}
+                )
+                return str(data["importCluster"]["cluster"]["id"])
+
+            async with GraphQLWebSocket.open(replica.ws_url) as ws:
+                operation = await ws.subscribe(resume)
+                await ws.query("{ clusters(limit: 0) { total } }")
+                first = await import_through(other_url, "r-1")
+                seen = (await ws.next_data(operation, within=20))["clusterEvents"]
+                assert seen["clusterId"] == first
+            missed = [await import_through(other_url, f"r-{n}") for n in (2, 3)]
+            async with GraphQLWebSocket.open(f"ws://127.0.0.1:{port}/graphql") as ws:
+                operation = await ws.subscribe(resume, {"after": seen["id"]})
+                replayed = [(await ws.next_data(operation))["clusterEvents"] for _ in missed]
+                assert [event["clusterId"] for event in replayed] == missed
+                live = await import_through(replica.url, "r-4")
+                event = (await ws.next_data(operation, within=20))["clusterEvents"]
+                assert event["clusterId"] == live
+                with pytest.raises(TimeoutError):
+                    await ws.next_message(operation, within=0.5)
+    finally:
+        other.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(other.communicate(), 60))[0].decode()
+    assert other.returncode in (0, -signal.SIGTERM), output
