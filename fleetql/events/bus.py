@@ -15,9 +15,9 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from broadcaster import Broadcast
 from broadcaster._backends.base import BroadcastBackend
@@ -53,10 +53,15 @@ OnClose = Callable[[int, str], None]
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """An event with its cluster as loaded after the event's commit (None once removed)."""
+    """An event with its cluster as loaded after the event's commit (None once removed).
+
+    One Delivery is shared by every subscriber; ``memo`` lets the layers above keep what they
+    derive from it (the GraphQL object, its results) once for all of them.
+    """
 
     event: LoggedEvent
     cluster: ClusterRecord | None
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Subscription:

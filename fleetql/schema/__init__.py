@@ -15,16 +15,18 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import ExecutionContext
 
 from fleetql.config import ServerSettings
 from fleetql.resolvers.errors import InvalidArgument
+from fleetql.schema.execution import PerEventExecutionContext
 from fleetql.schema.limits import query_limits_rule
 from fleetql.schema.mutation import Mutation
 from fleetql.schema.query import Query
 from fleetql.schema.scalars import SCALAR_MAP
 from fleetql.schema.subscription import Subscription
+
+__all__ = ["FleetSchema", "PerEventExecutionContext", "build_schema", "is_unexpected"]
 
 logger = logging.getLogger("fleetql.graphql")
 
@@ -40,21 +42,6 @@ def is_unexpected(error: GraphQLError) -> bool:
         and original is not None
         and not isinstance(original, InvalidArgument | GraphQLError)
     )
-
-
-class PerEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    """Gives each subscription event a sub-field cache of its own.
-
-    graphql-core 3.3 copies the executor for every event but shares its sub-field cache, which
-    is keyed by the id of lists built afresh per event: it never hits, and keeps every list of
-    every event alive for as long as the subscription lasts (~3.7 KB per event and subscriber,
-    measured in bench/fanout.py).
-    """
-
-    def build_per_event_executor(self, payload: Any) -> Any:
-        executor = super().build_per_event_executor(payload)
-        executor._relevant_sub_fields = {}
-        return executor
 
 
 class FleetSchema(strawberry.Schema):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from typing import Annotated, cast
 
 import strawberry
 from strawberry.types import Info
@@ -83,9 +83,18 @@ class _EventStream:
         return self
 
     async def __anext__(self) -> ClusterEvent:
-        return ClusterEvent.from_delivery(await self._deliveries.__anext__())
+        return _shared_event(await self._deliveries.__anext__())
 
     async def aclose(self) -> None:
         aclose = getattr(self._deliveries, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _shared_event(delivery: Delivery) -> ClusterEvent:
+    """Every subscriber of a delivery gets the same ClusterEvent object, so that execution.py
+    can execute it once per cohort."""
+    event = delivery.memo.get("graphql")
+    if event is None:
+        event = delivery.memo["graphql"] = ClusterEvent.from_delivery(delivery)
+    return cast(ClusterEvent, event)
