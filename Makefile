@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,17 @@ run: $(STAMP)
 	$(BIN)/fleetql serve $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check fleetql tests alembic
-	$(BIN)/ruff format --check fleetql tests alembic
+	$(BIN)/ruff check fleetql tests alembic bench
+	$(BIN)/ruff format --check fleetql tests alembic bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks (bench/RESULTS.md): `make bench`, or `make bench BENCH_ARGS=--quick` (< 5 minutes).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .fleetql

@@ -1,0 +1,1 @@
+"""Benchmarks: figures measured against floors in the same run (see bench/RESULTS.md)."""
