@@ -31,6 +31,7 @@ from fleetql.demo import demo_fleet
 from fleetql.events.backends import create_backend
 from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
+from fleetql.health import livez, readyz
 from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
 from fleetql.poller.pool import ClientPool
@@ -220,7 +221,12 @@ def create_app(
             yield
 
     return Starlette(
-        routes=[Route("/graphql", graphql), WebSocketRoute("/graphql", graphql)],
+        routes=[
+            Route("/graphql", graphql),
+            WebSocketRoute("/graphql", graphql),
+            Route("/livez", livez),
+            Route("/readyz", readyz),
+        ],
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(

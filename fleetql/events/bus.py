@@ -144,6 +144,7 @@ class EventBus:
         load_clusters: LoadClusters,
         queue_size: int = 4096,
     ) -> None:
+        self._backend = backend
         self._broadcast = Broadcast(backend=backend)
         self._load_events = load_events
         self._load_clusters = load_clusters
@@ -185,6 +186,13 @@ class EventBus:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the event backend is connected (a backend that cannot tell is assumed to
+        be) and the bus's own tasks are alive."""
+        alive = bool(self._tasks) and not any(task.done() for task in self._tasks)
+        return alive and bool(getattr(self._backend, "connected", True))
 
     @property
     def subscriber_count(self) -> int:
