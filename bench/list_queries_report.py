@@ -15,21 +15,16 @@ The targets are far off at 100,000 clusters, and PostgreSQL, not Python, is most
 alternatives' timings below come from a one-off EXPLAIN ANALYZE at 100,000 clusters while this
 benchmark was written (the same fleet), not from every run.
 
-1. **`total` is an exact count(*) joined with `cluster_states`, on every page**
-   (`fleetql/db/clusters.py`, `list_clusters`, `total_query`). The page itself takes under 1 ms;
-   the unfiltered count is a hash join of 100,000 x 100,000 rows. Join `cluster_states` only when
-   the filter has `status` (every live cluster has exactly one state, inserted in its
-   transaction): an index-only count of `clusters` took 12 ms instead of 84 ms. That still misses
-   5 ms: count only when the client selects `total` (a resolver on `ClusterPage.total`, not a
-   value filled in eagerly), and for unfiltered lists serve an estimate or a count cached for a
-   second or two.
-2. **Deep pages walk or sort every earlier row at full width** (`_order_by` with OFFSET): page 200
-   fetches 4,000 joined rows (at 10,000 clusters the planner sorts all of them, spilling to
-   disk with the default 4 MB work_mem). Choose the page's ids on `clusters` alone, then join:
-   `SELECT id FROM clusters WHERE deleted_at IS NULL ORDER BY name OFFSET n LIMIT 20` (names are
-   unique among live clusters, so the id tie-break adds nothing when sorting by name) took 1.9 ms
-   instead of 32 ms. Keyset pagination (an `after` cursor) would make every page cost the same.
-3. **Search walks the name index** (`_filter_conditions`, `search`): the planner overestimates
+1. **Applied: `total` is counted only when selected, joining `cluster_states` only for a
+   status filter** (`fleetql/db/clusters.py`, `list_clusters`). The page itself takes under 1 ms;
+   the unfiltered count was a hash join of 100,000 x 100,000 rows (84 ms; an index-only count of
+   `clusters` takes ~12 ms). Compare "first page" with "first page, no total" above. Still open:
+   for unfiltered lists serve an estimate, or a count cached for a second or two.
+2. **Applied: deep pages choose their ids on `clusters` alone, then join** (ordering by name or
+   creation time without a status filter): page 200 fetched 4,000 joined rows before (at 10,000
+   clusters the planner sorted all of them, spilling to disk). Still open: keyset pagination (an
+   `after` cursor) would make every page cost the same.
+3. **Search walks the name index** (`filter_conditions`, `search`): the planner overestimates
    how many rows `ILIKE '%…%'` matches and walks `clusters_name_live_key` in name order,
    filtering ~27,000 rows to find 20; the trigram indexes are not used for the page. Match first
    through them (`WITH m AS MATERIALIZED (SELECT id FROM clusters WHERE … ILIKE …)`), then order

@@ -36,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 5 minutes")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite RESULTS.md from results.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads(RESULTS_JSON.read_text())
+        _write_markdown(data["machine"], data["benchmarks"])
+        return 0
     previous: dict[str, Any] = {}
     if RESULTS_JSON.exists():
         previous = json.loads(RESULTS_JSON.read_text()).get("benchmarks", {})
@@ -59,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         latest = json.loads(RESULTS_JSON.read_text()).get("benchmarks", {})
         results = latest | {name: results[name] for name in args.only}
     RESULTS_JSON.write_text(json.dumps({"machine": about, "benchmarks": results}, indent=2) + "\n")
+    _write_markdown(about, results)
+    return 0
+
+
+def _write_markdown(about: dict[str, Any], results: dict[str, Any]) -> None:
     sections = [INTRO, _machine_table(about)]
     for name in BENCHMARKS:
         if name in results:
@@ -72,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     RESULTS_MD.write_text("\n".join(sections))
     print(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
-    return 0
 
 
 def _machine_table(about: dict[str, Any]) -> str:
