@@ -83,7 +83,7 @@ def _write_markdown(about: dict[str, Any], results: dict[str, Any]) -> None:
                 f" in {meta.get('seconds', '?')} s._\n"
             )
     RESULTS_MD.write_text("\n".join(sections))
-    print(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
+    print(f"wrote {RESULTS_MD}")
 
 
 def _machine_table(about: dict[str, Any]) -> str:
