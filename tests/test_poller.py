@@ -260,6 +260,19 @@ async def test_large_cluster_is_listed_page_by_page(fleet: Fleet) -> None:
     assert state["status"] == "DEGRADED"
 
 
+async def test_a_malformed_node_list_is_an_invalid_response_not_a_crash(fleet: Fleet) -> None:
+    from fleetql.sim.spec import NodeShape
+
+    cluster_id = await fleet.add("garbled", node_shapes=(NodeShape(cpu_capacity="lots"),))
+    poller = fleet.poller()
+    await sweep(poller)
+    state = await fleet.state(cluster_id)
+    assert poller.stats.checks == 1
+    assert state["status"] == "DEGRADED"
+    assert state["lastError"]["code"] == "INVALID_RESPONSE"
+    assert "lots" in state["lastError"]["message"]
+
+
 async def test_two_pollers_check_each_due_cluster_once(fleet: Fleet) -> None:
     ids = [await fleet.add(f"shared-{i:02d}", delay=0.05) for i in range(16)]
     first, second = fleet.poller(max_concurrency=4), fleet.poller(max_concurrency=4)

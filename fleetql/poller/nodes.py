@@ -83,6 +83,21 @@ def summarize_nodes(nodes: Iterable[Mapping[str, Any]]) -> NodeSummary:
     )
 
 
+def add_summaries(first: NodeSummary, second: NodeSummary) -> NodeSummary:
+    """The summary of two disjoint sets of nodes (pages of one list)."""
+    return NodeSummary(
+        node_count=first.node_count + second.node_count,
+        ready_node_count=first.ready_node_count + second.ready_node_count,
+        cpu_capacity_cores=first.cpu_capacity_cores + second.cpu_capacity_cores,
+        cpu_allocatable_cores=first.cpu_allocatable_cores + second.cpu_allocatable_cores,
+        memory_capacity_bytes=first.memory_capacity_bytes + second.memory_capacity_bytes,
+        memory_allocatable_bytes=first.memory_allocatable_bytes + second.memory_allocatable_bytes,
+    )
+
+
+EMPTY_SUMMARY = NodeSummary(0, 0, Decimal(0), Decimal(0), 0, 0)
+
+
 def summarize_usage(items: Iterable[Mapping[str, Any]]) -> UsageSummary:
     """Sum a metrics.k8s.io NodeMetricsList's usage."""
     cpu = Decimal(0)

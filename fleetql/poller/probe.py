@@ -16,9 +16,11 @@ import orjson
 from kubernetes_asyncio.client import ApiClient
 
 from fleetql.poller.nodes import (
+    EMPTY_SUMMARY,
     NodeListError,
     NodeSummary,
     UsageSummary,
+    add_summaries,
     summarize_nodes,
     summarize_usage,
 )
@@ -73,7 +75,7 @@ async def probe(
     nodes: NodeSummary | None = None
     nodes_error: CheckError | None = None
     try:
-        nodes = summarize_nodes(await _list(api, "/api/v1/nodes", request_timeout, page_size))
+        nodes = await _summarize_node_pages(api, request_timeout, page_size)
     except CheckFailed as failure:
         if not failure.reachable:
             raise
@@ -110,10 +112,13 @@ async def _version(api: ApiClient, request_timeout: float) -> str | None:
     return version
 
 
-async def _list(
-    api: ApiClient, path: str, request_timeout: float, page_size: int
-) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
+async def _summarize_node_pages(
+    api: ApiClient, request_timeout: float, page_size: int
+) -> NodeSummary:
+    """List nodes page by page, summing each page as it arrives: no node outlives its page, so
+    memory stays one page per check and the collector has little to scan."""
+    path = "/api/v1/nodes"
+    summary = EMPTY_SUMMARY
     token: str | None = None
     restarted = False
     for _ in range(MAX_PAGES):
@@ -121,16 +126,19 @@ async def _list(
         response = await _get(api, path, request_timeout, query)
         if response.status == 410 and token and not restarted:
             # The continue token expired mid-list; a fresh list is consistent again.
-            items, token, restarted = [], None, True
+            summary, token, restarted = EMPTY_SUMMARY, None, True
             continue
         _refuse_auth_failures(response, path, fatal=False)
         page = _json(_expect_ok(response, path), path)
         if not isinstance(page, dict) or not isinstance(page.get("items"), list):
             raise CheckFailed("INVALID_RESPONSE", f"{path} is not a list", reachable=True)
-        items.extend(page["items"])
+        try:
+            summary = add_summaries(summary, summarize_nodes(page["items"]))
+        except NodeListError as error:
+            raise CheckFailed("INVALID_RESPONSE", f"{path}: {error}", reachable=True) from None
         token = (page.get("metadata") or {}).get("continue") or None
         if token is None:
-            return items
+            return summary
     raise CheckFailed(
         "INVALID_RESPONSE", f"{path} did not end after {MAX_PAGES} pages", reachable=True
     )
