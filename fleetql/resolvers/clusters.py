@@ -11,7 +11,7 @@ from fleetql.db import clusters as db
 from fleetql.db import summary
 from fleetql.db.models import ClusterStatus
 from fleetql.db.summary import FleetSummary
-from fleetql.labels import LabelError, SelectorError, parse_label_selector, validate_label_key
+from fleetql.resolvers.arguments import check_label_keys, parse_selector
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
 
@@ -35,16 +35,10 @@ def cluster_filter(
     credential_expires_before: datetime | None = None,
 ) -> db.ClusterFilter:
     """A client's filter, validated, naming the argument at fault."""
-    try:
-        selector = parse_label_selector(label_selector or "")
-    except SelectorError as error:
-        raise InvalidArgument("filter.labelSelector", str(error)) from None
+    selector = parse_selector(label_selector)
+    check_label_keys(labels)
     label_map: dict[str, str] = {}
     for index, (key, value) in enumerate(labels):
-        try:
-            validate_label_key(key)
-        except LabelError as error:
-            raise InvalidArgument(f"filter.labels[{index}].key", str(error)) from None
         if key in label_map and label_map[key] != value:
             # Both cannot hold at once; say so rather than quietly returning nothing.
             raise InvalidArgument(f"filter.labels[{index}]", f"label {key!r} is given twice")

@@ -16,12 +16,12 @@ from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
 from fleetql.db.models import ClusterStatus, EventType
 from fleetql.events.bus import Delivery, Subscription
-from fleetql.labels import (
-    LabelError,
-    Requirement,
-    SelectorError,
-    parse_label_selector,
-    validate_label_key,
+from fleetql.labels import Requirement
+from fleetql.resolvers.arguments import (
+    check_label_keys,
+    parse_cluster_ids,
+    parse_event_id,
+    parse_selector,
 )
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
@@ -74,27 +74,13 @@ def event_filter(
     """Validate a client's filter, naming the argument at fault."""
     if len(ids) > MAX_FILTER_IDS:
         raise InvalidArgument("filter.ids", f"at most {MAX_FILTER_IDS} ids, got {len(ids)}")
-    parsed_ids: set[uuid.UUID] = set()
-    for index, value in enumerate(ids):
-        try:
-            parsed_ids.add(uuid.UUID(value))
-        except ValueError:
-            raise InvalidArgument(
-                f"filter.ids[{index}]", f"{value[:64]!r} is not a cluster id (a UUID)"
-            ) from None
-    for index, (key, _) in enumerate(labels):
-        try:
-            validate_label_key(key)
-        except LabelError as error:
-            raise InvalidArgument(f"filter.labels[{index}].key", str(error)) from None
-    try:
-        selector = parse_label_selector(label_selector or "")
-    except SelectorError as error:
-        raise InvalidArgument("filter.labelSelector", str(error)) from None
+    parsed_ids = parse_cluster_ids(ids, "filter.ids")
+    check_label_keys(labels)
+    selector = parse_selector(label_selector)
     return EventFilter(
         ids=frozenset(parsed_ids),
         labels=tuple(labels),
-        selector=tuple(selector),
+        selector=selector,
         statuses=frozenset(status.value for status in statuses),
         types=frozenset(types),
     )
@@ -119,16 +105,6 @@ async def subscribe_cluster_events(
         raise
     subscription.skip_through = replay[-1].id if replay else after_id
     return _ReplayThenLive(deliveries, subscription)
-
-
-def parse_event_id(value: str, argument: str) -> int:
-    try:
-        parsed = int(value)
-    except ValueError:
-        parsed = -1
-    if parsed < 0:
-        raise InvalidArgument(argument, f"{value[:32]!r} is not an event id")
-    return parsed
 
 
 async def _events_since(context: Context, after: int) -> list[LoggedEvent]:

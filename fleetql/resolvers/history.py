@@ -11,9 +11,9 @@ from fleetql.availability import Availability, Transition, availability, is_flap
 from fleetql.db import events as log
 from fleetql.db.events import LoggedEvent
 from fleetql.db.models import EventType
+from fleetql.resolvers.arguments import parse_cluster_ids, parse_event_id
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
-from fleetql.resolvers.events import parse_event_id
 
 __all__ = ["MAX_PAGE", "HistoryPage", "cluster_availability", "cluster_is_flapping", "list_events"]
 
@@ -38,14 +38,7 @@ async def list_events(
 ) -> HistoryPage:
     if not 1 <= first <= MAX_PAGE:
         raise InvalidArgument("first", f"must be between 1 and {MAX_PAGE}")
-    ids: list[uuid.UUID] = []
-    for index, value in enumerate(cluster_ids):
-        try:
-            ids.append(uuid.UUID(value))
-        except ValueError:
-            raise InvalidArgument(
-                f"filter.clusterIds[{index}]", f"{value[:64]!r} is not a cluster id (a UUID)"
-            ) from None
+    ids = parse_cluster_ids(cluster_ids, "filter.clusterIds")
     if since is not None and until is not None and since >= until:
         raise InvalidArgument("filter.since", "must be before filter.until")
     before_id = None if after is None else parse_event_id(after, "after")

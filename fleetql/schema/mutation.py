@@ -6,6 +6,7 @@ import strawberry
 from strawberry.types import Info
 
 from fleetql.resolvers import imports, lifecycle
+from fleetql.resolvers.arguments import parse_cluster_id, parse_cluster_ids
 from fleetql.resolvers.context import Context
 from fleetql.schema.inputs import (
     ClusterFilter,
@@ -13,7 +14,7 @@ from fleetql.schema.inputs import (
     LabelInput,
     UpdateClusterInput,
 )
-from fleetql.schema.query import cluster_filter_of, parse_cluster_id
+from fleetql.schema.query import cluster_filter_of
 from fleetql.schema.types import (
     Cluster,
     ClusterPayload,
@@ -93,7 +94,7 @@ class Mutation:
     ) -> ClustersPayload:
         result = await lifecycle.set_cluster_labels(
             info.context,
-            [parse_cluster_id(value, f"ids[{index}]") for index, value in enumerate(ids)],
+            parse_cluster_ids([str(value) for value in ids], "ids"),
             add=[(label.key, label.value) for label in add or ()],
             remove=remove or (),
         )

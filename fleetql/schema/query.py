@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import strawberry
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
@@ -11,20 +9,11 @@ from strawberry.types.nodes import SelectedField, Selection
 from fleetql.db.clusters import ClusterFilter as DbClusterFilter
 from fleetql.db.clusters import OrderField, Ordering
 from fleetql.resolvers import clusters, history
+from fleetql.resolvers.arguments import parse_cluster_id
 from fleetql.resolvers.context import Context
-from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.enums import OrderDirection
 from fleetql.schema.inputs import ClusterFilter, ClusterOrder, EventFilter
 from fleetql.schema.types import Cluster, ClusterPage, EventPage, FleetSummary
-
-
-def parse_cluster_id(value: strawberry.ID, argument: str = "id") -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise InvalidArgument(
-            argument, f"{str(value)[:64]!r} is not a cluster id (a UUID)"
-        ) from None
 
 
 def _selects(info: Info[Context, None], name: str) -> bool:
