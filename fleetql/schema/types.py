@@ -222,28 +222,6 @@ class ImportClusterPayload:
     user_errors: list[UserError]
 
 
-# Stored column names as the Cluster type names its fields; both error columns are lastError.
-_FIELD_NAMES = {
-    "status": "status",
-    "node_count": "nodeCount",
-    "ready_node_count": "readyNodeCount",
-    "cpu_capacity_cores": "cpuCapacityCores",
-    "cpu_allocatable_cores": "cpuAllocatableCores",
-    "cpu_usage_cores": "cpuUsageCores",
-    "memory_capacity_bytes": "memoryCapacityBytes",
-    "memory_allocatable_bytes": "memoryAllocatableBytes",
-    "memory_usage_bytes": "memoryUsageBytes",
-    "kubernetes_version": "kubernetesVersion",
-    "last_error_code": "lastError",
-    "last_error_message": "lastError",
-    "labels": "labels",
-    "name": "name",
-    "description": "description",
-    "api_server_url": "apiServerUrl",
-    "kubeconfig": "kubeconfig",
-}
-
-
 @strawberry.type(description="One field's change; values as JSON (CPU in cores as a string).")
 class FieldChange:
     field: str
@@ -277,7 +255,6 @@ class ClusterEvent:
 
     @classmethod
     def from_event(cls, event: LoggedEvent, cluster: ClusterRecord | None) -> Self:
-        names = [(_FIELD_NAMES.get(name, name), values) for name, values in event.changes.items()]
         return cls(
             id=strawberry.ID(str(event.id)),
             type=event.type,
@@ -286,7 +263,7 @@ class ClusterEvent:
             cluster=None if cluster is None else Cluster.from_row(cluster),
             previous_status=_status(event.previous_status),
             status=_status(event.status),
-            changed_fields=list(dict.fromkeys(name for name, _ in names)),
+            changed_fields=list(dict.fromkeys(map(_cluster_field, event.changes))),
             changes=[
                 FieldChange(field=_camel(name), old=old, new=new)
                 for name, (old, new) in event.changes.items()
@@ -299,6 +276,11 @@ class ClusterEvent:
     @classmethod
     def from_delivery(cls, delivery: Delivery) -> Self:
         return cls.from_event(delivery.event, delivery.cluster)
+
+
+def _cluster_field(name: str) -> str:
+    """A stored column as the Cluster type names it; both error columns are lastError."""
+    return "lastError" if name.startswith("last_error_") else _camel(name)
 
 
 def _camel(name: str) -> str:
