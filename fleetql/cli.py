@@ -168,36 +168,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fleetql.sim.cluster import SimCluster
-    from fleetql.sim.runner import run_simulator
-    from fleetql.sim.simulator import Simulator
+    """``python -m fleetql.sim`` under the project's command, with ``--out`` for the files."""
+    from fleetql.sim.__main__ import main as simulate
 
-    if args.clusters < 0 or args.nodes < 0:
-        print("fleetql: --clusters and --nodes must not be negative", file=sys.stderr)
-        return 2
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # one banner is enough
-
-    def announce(sim: Simulator, fleet: list[SimCluster]) -> None:
-        first = fleet[0].name if fleet else f"{args.prefix}-001"
-        print(
-            f"Simulating {len(fleet)} clusters of {args.nodes} nodes at {sim.base_url}/clusters/\n"
-            f"Kubeconfigs are in {args.out}/ (import one: fleetql import {args.out}/{first}.yaml"
-            f" --name {first}). Ctrl-C stops.",
-            flush=True,
-        )
-
-    asyncio.run(
-        run_simulator(
-            clusters=args.clusters,
-            nodes=args.nodes,
-            host=args.host,
-            port=args.port,
-            prefix=args.prefix,
-            kubeconfig_dir=args.out,
-            on_ready=announce,
-        )
+    return simulate(
+        [
+            *("--clusters", str(args.clusters), "--nodes", str(args.nodes)),
+            *("--host", args.host, "--port", str(args.port), "--prefix", args.prefix),
+            *("--kubeconfig-dir", str(args.out)),
+        ]
     )
-    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
