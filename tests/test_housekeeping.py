@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fleetql.config import ClusterManagerSettings, Settings
-from fleetql.db.engine import create_engine, create_session_factory
+from fleetql.config import ClusterManagerSettings
 from fleetql.housekeeping import housekeep_once
 from fleetql.sim.tls import CertificateAuthority
 from tests.conftest import GraphQLClient, asyncpg_dsn
@@ -28,17 +25,6 @@ query($types: [ClusterEventType!]) {
   events(filter: {types: $types}, first: 50) { items { clusterId type message } }
 }
 """
-
-
-@pytest.fixture
-async def sessions(
-    api: GraphQLClient, settings: Settings, database_url: str
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url, settings.database)
-    try:
-        yield create_session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 async def test_old_events_are_pruned_in_batches_and_the_watermark_moves(

