@@ -32,6 +32,7 @@ from bench.list_queries_fleet import seed_fleet
 from bench.list_queries_report import markdown
 from bench.loadgen import CpuMeter, Job, LoadGenerator, in_process_settings, load_generator
 from bench.loadgen import profile_in_process as profile_app
+from fleetql.access import SYSTEM
 from fleetql.app import create_app, open_services
 from fleetql.db.clusters import ClusterRecord
 from fleetql.db.models import ClusterStatus
@@ -462,7 +463,7 @@ async def run(quick: bool) -> dict[str, Any]:
                         server_pid=server.pid,
                         meter=await CpuMeter.attach([server.pid], load, connection),
                         connection=connection,
-                        context=Context(services=svc, request_id="bench-floor"),
+                        context=Context(services=svc, request_id="bench-floor", principal=SYSTEM),
                         schema=in_memory_schema(),
                         timing=timing,
                     )

@@ -27,6 +27,7 @@ import yaml
 from sqlalchemy import text
 
 from bench._support import Database, gather_limited
+from fleetql.access import SYSTEM
 from fleetql.app import open_services
 from fleetql.config import DatabaseSettings, EncryptionSettings, Settings
 from fleetql.poller.nodes import summarize_nodes
@@ -59,7 +60,7 @@ async def import_fleet(services: Services, kubeconfig_dir: Path) -> list[tuple[s
     async with services.sessions() as session:
         await session.execute(text("TRUNCATE clusters CASCADE"))
         await session.commit()
-    context = Context(services=services, request_id="bench.poller")
+    context = Context(services=services, request_id="bench.poller", principal=SYSTEM)
 
     async def one(name: str, kubeconfig: str) -> None:
         result = await import_cluster(context, name=name, kubeconfig=kubeconfig)

@@ -7,6 +7,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,12 +18,17 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
 
-from fleetql.config import Settings
+from fleetql.auth import AuthenticationError, Authenticator
+from fleetql.auth.http import PRINCIPAL_STATE, AuthenticationMiddleware
+from fleetql.auth.sockets import SocketGuard
+from fleetql.config import Settings, is_loopback
 from fleetql.crypto import KubeconfigCipher
 from fleetql.db import migrations
-from fleetql.db.clusters import ClusterRecord, get_clusters
+from fleetql.db.clusters import ClusterRecord, cluster_labels, get_clusters
 from fleetql.db.embedded import embedded_postgres
 from fleetql.db.engine import create_engine, create_session_factory
 from fleetql.db.events import LoggedEvent, events_by_id
@@ -44,21 +51,69 @@ from fleetql.server import ABORT_EXTENSION
 logger = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
+class SocketContext(Context):
+    """A websocket's context: it is authenticated once connection_init arrives."""
+
+    # The upgrade request's Authorization header, for clients that can set one.
+    upgrade_authorization: str | None = field(default=None, repr=False)
+    forget: Callable[[], None] = lambda: None
+
+
 class FleetGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI app, with our typed context."""
+    """Strawberry's ASGI app, with our typed context and authentication on websockets."""
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         services: Services = request.app.state.services
-        closer: ConnectionCloser = request.app.state.closer
+        request_id = request_id_of(request.scope)
+        if isinstance(request, WebSocket):
+            closer: ConnectionCloser = request.app.state.closer
+            return SocketContext(
+                services=services,
+                request_id=request_id,
+                close_connection=closer.for_websocket(request),
+                upgrade_authorization=request.headers.get("authorization"),
+            )
         return Context(
             services=services,
-            request_id=request_id_of(request.scope),
-            close_connection=closer.for_websocket(request)
-            if isinstance(request, WebSocket)
-            else None,
+            request_id=request_id,
+            principal=request.scope.get("state", {}).get(PRINCIPAL_STATE),
         )
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Authenticate with the token of ``connection_init`` (``{"authorization": "Bearer
+        …"}``) or of the upgrade request; refused: 4403 (graphql-transport-ws) or
+        connection_error (graphql-ws), and no subscription ever starts."""
+        assert isinstance(context, SocketContext)
+        params = context.connection_params or {}
+        authorization = params.get("authorization", params.get("Authorization"))
+        if not isinstance(authorization, str):
+            authorization = context.upgrade_authorization
+        authenticator: Authenticator = context.services.authenticator
+        try:
+            principal = await authenticator.authenticate(authorization)
+        except AuthenticationError as error:
+            logger.info("refused a websocket (%d): %s", error.status, error)
+            raise ConnectionRejectionError({"message": str(error)}) from None
+        context.principal = principal
+        if context.close_connection is not None:
+            context.forget = context.services.socket_guard.watch(
+                principal, context.close_connection
+            )
+        return cast(UnsetType, UNSET)  # acknowledge without a payload
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        """Websockets: stop watching the connection's credential when it ends."""
+        if not isinstance(request, WebSocket):
+            return await super().run(request, context=context, root_value=root_value)
+        socket_context = await self.get_context(request, request)
+        try:
+            return await super().run(request, context=socket_context, root_value=root_value)
+        finally:
+            assert isinstance(socket_context, SocketContext)
+            socket_context.forget()
 
 
 class ConnectionCloser:
@@ -134,11 +189,16 @@ async def open_services(
             async with sessions() as session:
                 return await events_by_id(session, ids)
 
+        async def load_labels(ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, Mapping[str, str]]:
+            async with sessions() as session:
+                return await cluster_labels(session, ids)
+
         events = await stack.enter_async_context(
             EventBus(
                 create_backend(settings.events.url, database_url=url),
                 load_events=load_events,
                 load_clusters=load_clusters,
+                load_labels=load_labels,
                 queue_size=settings.events.subscriber_queue_size,
             )
         )
@@ -148,8 +208,17 @@ async def open_services(
         if relay_events:
             relay_task = asyncio.create_task(relay.run(), name="events.relay")
             stack.push_async_callback(_cancel, relay_task)
+        guard = SocketGuard(sessions, interval=settings.auth.token_check_interval.total_seconds())
+        guard_task = asyncio.create_task(guard.run(), name="auth.sockets")
+        stack.push_async_callback(_cancel, guard_task)
         yield Services(
-            settings=settings, sessions=sessions, cipher=cipher, events=events, relay=relay
+            settings=settings,
+            sessions=sessions,
+            cipher=cipher,
+            events=events,
+            relay=relay,
+            authenticator=Authenticator(settings.auth, sessions),
+            socket_guard=guard,
         )
 
 
@@ -217,7 +286,14 @@ def create_app(
             closer = ConnectionCloser()
             stack.push_async_callback(closer.aclose)
             app.state.services = services
+            app.state.authenticator = services.authenticator
             app.state.closer = closer
+            if settings.auth.mode == "none" and not is_loopback(settings.server.host):
+                logger.warning(
+                    "authentication is off (auth.mode: none, allow_unauthenticated) and the "
+                    "server listens on %s: whatever is in front of it must authenticate",
+                    settings.server.host,
+                )
             yield
 
     return Starlette(
@@ -229,6 +305,7 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(AuthenticationMiddleware),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.server.cors_origins),

@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
         "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
     )
     do_import.add_argument("--url", default="http://127.0.0.1:8080/graphql")
+    do_import.add_argument(
+        "--token",
+        default=os.environ.get("FLEETQL_TOKEN"),
+        help="bearer token (an API token or a JWT); default: $FLEETQL_TOKEN",
+    )
     do_import.set_defaults(run=_import)
 
     keygen = commands.add_parser("generate-key", help="print a new encryption key (base64)")
@@ -256,7 +261,10 @@ def _import(args: argparse.Namespace) -> int:
     }
     try:
         response = httpx.post(
-            args.url, json={"query": IMPORT_MUTATION, "variables": variables}, timeout=60
+            args.url,
+            json={"query": IMPORT_MUTATION, "variables": variables},
+            headers={"authorization": f"Bearer {args.token}"} if args.token else {},
+            timeout=60,
         )
     except httpx.HTTPError as error:
         print(f"fleetql: cannot reach {args.url}: {error}", file=sys.stderr)

@@ -1,23 +1,37 @@
 """Settings: a YAML file, overridden key by key from the environment.
 
 Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``, ``events``,
-``cluster_manager``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain ``DATABASE_URL`` and
-``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and secret stores set.
+``cluster_manager``, ``auth``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain
+``DATABASE_URL`` and ``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and
+secret stores set.
 Unknown keys and bad values stop the start with a message that names the key, because a typo in
 a setting that silently falls back to its default is worse than no start at all.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fleetql.access import Role
+from fleetql.labels import parse_label_selector
 
 ENV_PREFIX = "FLEETQL_"
 # Variables with our prefix that are not settings: they belong to the test suite or name the file.
@@ -149,7 +163,8 @@ class EventsSettings(_Section):
     # Server pings on every websocket; a peer that does not answer in ping_timeout is dropped.
     ping_interval: Duration = timedelta(seconds=20)
     ping_timeout: Duration = timedelta(seconds=20)
-    max_subscriptions_per_connection: int = Field(default=50, ge=1)
+    # Issue 8 raised this from 50: a console may hold a subscription per panel.
+    max_subscriptions_per_connection: int = Field(default=100, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -167,6 +182,112 @@ _EVENT_SCHEMES = frozenset(
 )
 
 
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class RoleBinding(_Section):
+    """What a value of the roles claim (a group, say) grants: a role, over a label scope."""
+
+    role: str
+    scope: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _check_role(cls, value: str) -> str:
+        return Role.parse(value).name.lower()
+
+    @field_validator("scope")
+    @classmethod
+    def _check_scope(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            try:
+                parse_label_selector(value)
+            except ValueError as error:
+                raise ValueError(f"not a label selector: {error}") from None
+            return value
+        return None
+
+
+class AuthSettings(_Section):
+    """Who may call the API; see README "Security"."""
+
+    # none: everyone is an admin (only on a loopback address unless allow_unauthenticated);
+    # jwt: bearer tokens signed by a configured key. API tokens work beside jwt.
+    mode: Literal["none", "jwt"] = "none"
+    allow_unauthenticated: bool = False
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    # Exactly one source of verification keys: a PEM public key (inline or a file), a JWKS
+    # file (keys picked by `kid`), or a shared secret for HS256/384/512.
+    public_key: str | None = Field(default=None, repr=False)
+    public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    secret: str | None = Field(default=None, repr=False)
+    leeway: Duration = timedelta(seconds=30)
+    # The claim holding the caller's name (the event log's actor) and the one holding its
+    # groups or roles; a dotted path reaches into objects (realm_access.roles).
+    subject_claim: str = "sub"
+    roles_claim: str = "groups"
+    # Values of the roles claim -> what they grant: {"platform": {"role": "admin"},
+    # "payments": {"role": "operator", "scope": "team=payments"}}.
+    roles: dict[str, RoleBinding] = Field(default_factory=dict)
+    # How often open websockets are checked for revoked or expired credentials.
+    token_check_interval: Duration = timedelta(seconds=2)
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles_from_json(cls, value: Any) -> Any:
+        # From the environment the bindings come as one JSON object.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as error:
+                raise ValueError(f"must be a JSON object of bindings: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_jwt(self) -> AuthSettings:
+        for algorithm in self.algorithms:
+            if algorithm not in _HMAC_ALGORITHMS | _ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"algorithms: {algorithm!r} is not an accepted JWT algorithm")
+        if self.mode != "jwt":
+            return self
+        if not self.issuer or not self.audience:
+            raise ValueError("mode jwt needs both issuer and audience")
+        sources = [
+            name
+            for name in ("public_key", "public_key_file", "jwks_file", "secret")
+            if getattr(self, name) is not None
+        ]
+        if len(sources) != 1:
+            raise ValueError(
+                "mode jwt needs exactly one of public_key, public_key_file, jwks_file, secret"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        if not self.algorithms:
+            raise ValueError("algorithms: name at least one")
+        if self.secret is not None:
+            if set(self.algorithms) - _HMAC_ALGORITHMS:
+                raise ValueError("algorithms: a shared secret verifies HS256/HS384/HS512 only")
+            if len(self.secret.encode()) < 32:
+                raise ValueError("secret: must be at least 32 bytes")
+        elif set(self.algorithms) & _HMAC_ALGORITHMS:
+            # The classic confusion attack: an HS256 token "signed" with the public key.
+            raise ValueError("algorithms: HMAC algorithms are refused with an asymmetric key")
+        return self
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -174,6 +295,31 @@ class Settings(_Section):
     poller: PollerSettings = PollerSettings()
     cluster_manager: ClusterManagerSettings = ClusterManagerSettings()
     events: EventsSettings = EventsSettings()
+    auth: AuthSettings = AuthSettings()
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        if (
+            self.auth.mode == "none"
+            and not self.auth.allow_unauthenticated
+            and not is_loopback(self.server.host)
+        ):
+            raise ValueError(
+                f"auth.mode is none but server.host is {self.server.host}, which is not a "
+                "loopback address: anyone who reaches it could administer the fleet. Configure "
+                "auth.mode: jwt, or set auth.allow_unauthenticated: true if something in front "
+                "of fleetql authenticates every request"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(
@@ -240,5 +386,5 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"{key}: unknown setting")
         else:
             message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message}")
+            lines.append(f"{key}: {message}" if key else message)
     return "invalid settings: " + "; ".join(lines)

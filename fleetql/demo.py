@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import yaml
 
+from fleetql.access import SYSTEM
 from fleetql.resolvers.context import Context, Services
 from fleetql.resolvers.imports import import_cluster, refresh_kubeconfig
 from fleetql.sim import Simulator
@@ -35,7 +36,7 @@ async def demo_fleet(
     """Simulate ``count`` clusters, import (or re-key) them as ``demo-001``…, keep them moving."""
     async with Simulator() as sim:
         fleet = sim.fleet(count, nodes=nodes, prefix="demo")
-        context = Context(services=services, request_id="demo")
+        context = Context(services=services, request_id="demo", principal=SYSTEM)
         for index, cluster in enumerate(fleet):
             await _import(context, sim, cluster, index)
         logger.info(

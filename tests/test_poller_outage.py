@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import yaml
 
+from fleetql.access import SYSTEM
 from fleetql.app import open_services
 from fleetql.config import PollerSettings, load_settings
 from fleetql.crypto import EncryptionKey
@@ -42,7 +43,7 @@ async def test_poller_resumes_after_postgres_restarts(
         for name in names:
             sim.add_cluster(name)
             result = await import_cluster(
-                Context(services=services, request_id="test"),
+                Context(services=services, request_id="test", principal=SYSTEM),
                 name=name,
                 kubeconfig=yaml.safe_dump(sim.kubeconfig(name)),
             )

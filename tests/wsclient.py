@@ -34,11 +34,16 @@ class GraphQLWebSocket:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, url: str, protocol: str = TRANSPORT_WS, **options: Any
+        cls,
+        url: str,
+        protocol: str = TRANSPORT_WS,
+        *,
+        init_payload: dict[str, Any] | None = None,
+        **options: Any,
     ) -> AsyncIterator[Self]:
         async with connect(url, subprotocols=[protocol], **options) as connection:  # type: ignore[list-item]
             client = cls(connection, protocol)
-            await client._send({"type": "connection_init", "payload": {}})
+            await client._send({"type": "connection_init", "payload": init_payload or {}})
             while True:
                 message = orjson.loads(await connection.recv())
                 if message["type"] == "connection_ack":

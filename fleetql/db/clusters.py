@@ -74,6 +74,9 @@ class ClusterFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
     selector: Sequence[Requirement] = ()
     credential_expires_before: datetime | None = None
+    # Access control: None, every cluster; otherwise only clusters matching one of these
+    # selectors (see fleetql.access.Scope; an empty tuple matches nothing).
+    scope: Sequence[Sequence[Requirement]] | None = None
 
 
 class OrderField(enum.Enum):
@@ -175,8 +178,18 @@ def _requirement_condition(requirement: Requirement) -> ColumnElement[bool]:
     raise AssertionError(f"unhandled selector operator {requirement.operator}")
 
 
+def scope_condition(scope: Sequence[Sequence[Requirement]]) -> ColumnElement[bool]:
+    """Clusters matching any of the selectors; none when there are none."""
+    return or_(
+        false(),
+        *(and_(true(), *map(_requirement_condition, selector)) for selector in scope),
+    )
+
+
 def filter_conditions(where: ClusterFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
+    if where.scope is not None:
+        conditions.append(scope_condition(where.scope))
     if where.statuses:
         conditions.append(ClusterState.status.in_([status.value for status in where.statuses]))
     if where.search:
@@ -277,9 +290,31 @@ def _count_query(where: ClusterFilter, conditions: list[ColumnElement[bool]]) ->
     return query
 
 
-async def get_cluster(session: AsyncSession, cluster_id: uuid.UUID) -> ClusterRecord | None:
-    row = (await session.execute(_live_clusters().where(Cluster.id == cluster_id))).first()
+async def get_cluster(
+    session: AsyncSession,
+    cluster_id: uuid.UUID,
+    *,
+    scope: Sequence[Sequence[Requirement]] | None = None,
+) -> ClusterRecord | None:
+    """The live cluster, if it is within ``scope``."""
+    query = _live_clusters().where(Cluster.id == cluster_id)
+    if scope is not None:
+        query = query.where(scope_condition(scope))
+    row = (await session.execute(query)).first()
     return None if row is None else _to_record(row)
+
+
+async def cluster_labels(
+    session: AsyncSession, cluster_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, str]]:
+    """The labels of these clusters, removed ones included (access control needs them to
+    decide who may see a removal)."""
+    if not cluster_ids:
+        return {}
+    rows = await session.execute(
+        select(Cluster.id, Cluster.labels).where(Cluster.id.in_(cluster_ids))
+    )
+    return {row.id: dict(row.labels) for row in rows.all()}
 
 
 async def get_clusters(

@@ -21,7 +21,9 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.models import ClusterEventRecord, EventRelayPosition, EventType
+from fleetql.db.clusters import scope_condition
+from fleetql.db.models import Cluster, ClusterEventRecord, EventRelayPosition, EventType
+from fleetql.labels import Requirement
 
 __all__ = [
     "EventPage",
@@ -155,9 +157,15 @@ async def list_events(
     until: datetime | None = None,
     before_id: int | None = None,
     first: int = 50,
+    scope: Sequence[Sequence[Requirement]] | None = None,
 ) -> EventPage:
-    """Newest first; ``before_id`` continues after the last event of the previous page."""
+    """Newest first; ``before_id`` continues after the last event of the previous page.
+    With ``scope``, only events of clusters (removed ones too) within it."""
     query = select(ClusterEventRecord).order_by(ClusterEventRecord.id.desc()).limit(first + 1)
+    if scope is not None:
+        query = query.join(Cluster, Cluster.id == ClusterEventRecord.cluster_id).where(
+            scope_condition(scope)
+        )
     if cluster_ids:
         query = query.where(ClusterEventRecord.cluster_id.in_(cluster_ids))
     if types:

@@ -47,7 +47,11 @@ CLOSE_RESUBSCRIBE = 1012
 
 LoadClusters = Callable[[Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, ClusterRecord]]]
 LoadEvents = Callable[[Sequence[int]], Awaitable[Mapping[int, LoggedEvent]]]
+LoadLabels = Callable[[Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, Mapping[str, str]]]]
 Accepts = Callable[[LoggedEvent, ClusterRecord | None], bool]
+# Access control, apart from the client's own filter: may this subscriber see an event of a
+# cluster with these labels (None: the cluster is unknown)?
+Visible = Callable[[Mapping[str, str] | None], bool]
 OnClose = Callable[[int, str], None]
 
 
@@ -62,14 +66,24 @@ class Delivery:
     event: LoggedEvent
     cluster: ClusterRecord | None
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The cluster's labels, a removed cluster's too (who may see its removal depends on them).
+    labels: Mapping[str, str] | None = None
 
 
 class Subscription:
     """One subscriber's bounded queue; iterate it for deliveries until it is closed."""
 
-    def __init__(self, bus: EventBus, accepts: Accepts, on_close: OnClose | None, size: int):
+    def __init__(
+        self,
+        bus: EventBus,
+        accepts: Accepts,
+        on_close: OnClose | None,
+        size: int,
+        visible: Visible | None = None,
+    ):
         self._bus = bus
         self._accepts = accepts
+        self._visible = visible
         self._on_close = on_close
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=size)
         self.closed_because: str | None = None
@@ -77,6 +91,8 @@ class Subscription:
         self.skip_through = 0
 
     def accepts(self, delivery: Delivery) -> bool:
+        if self._visible is not None and not self._visible(delivery.labels):
+            return False
         return self._accepts(delivery.event, delivery.cluster)
 
     def offer(self, delivery: Delivery) -> None:
@@ -84,7 +100,7 @@ class Subscription:
         if (
             self.closed_because is not None
             or delivery.event.id <= self.skip_through
-            or not self._accepts(delivery.event, delivery.cluster)
+            or not self.accepts(delivery)
         ):
             return
         try:
@@ -142,12 +158,14 @@ class EventBus:
         *,
         load_events: LoadEvents,
         load_clusters: LoadClusters,
+        load_labels: LoadLabels | None = None,
         queue_size: int = 4096,
     ) -> None:
         self._backend = backend
         self._broadcast = Broadcast(backend=backend)
         self._load_events = load_events
         self._load_clusters = load_clusters
+        self._load_labels = load_labels
         self._last_dispatched = 0
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
@@ -208,15 +226,37 @@ class EventBus:
         self.published += len(ids)
 
     async def deliveries(self, events: Sequence[LoggedEvent]) -> list[Delivery]:
-        """``events`` with their clusters, loaded in one statement."""
+        """``events`` with their clusters, loaded in one statement (and the labels of removed
+        ones in another, when there are any)."""
         clusters = await self._load_clusters(list({event.cluster_id for event in events}))
-        return [Delivery(event, clusters.get(event.cluster_id)) for event in events]
+        removed = {event.cluster_id for event in events if event.cluster_id not in clusters}
+        labels: Mapping[uuid.UUID, Mapping[str, str]] = {}
+        if removed and self._load_labels is not None:
+            labels = await self._load_labels(list(removed))
+        deliveries = []
+        for event in events:
+            cluster = clusters.get(event.cluster_id)
+            deliveries.append(
+                Delivery(
+                    event,
+                    cluster,
+                    labels=cluster.labels if cluster is not None else labels.get(event.cluster_id),
+                )
+            )
+        return deliveries
 
     def subscribe(
-        self, accepts: Accepts, *, on_close: OnClose | None = None, queue_size: int | None = None
+        self,
+        accepts: Accepts,
+        *,
+        on_close: OnClose | None = None,
+        queue_size: int | None = None,
+        visible: Visible | None = None,
     ) -> Subscription:
         """Register now, so every event dispatched from here on is offered to it."""
-        subscription = Subscription(self, accepts, on_close, queue_size or self._queue_size)
+        subscription = Subscription(
+            self, accepts, on_close, queue_size or self._queue_size, visible=visible
+        )
         self._subscriptions.add(subscription)
         return subscription
 

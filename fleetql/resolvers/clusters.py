@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from fleetql.db import clusters as db
@@ -74,6 +74,7 @@ async def list_clusters(
         where = cluster_filter(
             statuses=statuses, search=search, labels=labels, label_selector=label_selector
         )
+    where = replace(where, scope=context.scope())
     async with context.services.sessions() as session:
         total, items = await db.list_clusters(
             session, where, ordering=ordering, offset=(page - 1) * limit, limit=limit, count=count
@@ -83,6 +84,7 @@ async def list_clusters(
 
 async def fleet_summary(context: Context, *, where: db.ClusterFilter) -> FleetSummary:
     warning = context.services.settings.cluster_manager.credential_expiry_warning
+    where = replace(where, scope=context.scope())
     async with context.services.sessions() as session:
         return await summary.fleet_summary(
             session, where, expiring_before=datetime.now(UTC) + warning
@@ -91,4 +93,4 @@ async def fleet_summary(context: Context, *, where: db.ClusterFilter) -> FleetSu
 
 async def get_cluster(context: Context, cluster_id: uuid.UUID) -> db.ClusterRecord | None:
     async with context.services.sessions() as session:
-        return await db.get_cluster(session, cluster_id)
+        return await db.get_cluster(session, cluster_id, scope=context.scope())

@@ -8,7 +8,7 @@ after its query's snapshot either in the query or as an event: nothing falls bet
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from fleetql.db import events as log
@@ -93,7 +93,17 @@ async def subscribe_cluster_events(
     Live events the replay already handed over are skipped, so the seam has no gap and no
     duplicate."""
     bus = context.services.events
-    subscription = bus.subscribe(where.accepts, on_close=context.close_connection)
+    principal = context.principal
+
+    def visible(labels: Mapping[str, str] | None) -> bool:
+        return principal is not None and labels is not None and principal.covers(labels)
+
+    subscription = bus.subscribe(
+        where.accepts,
+        on_close=context.close_connection,
+        # An unscoped viewer sees everything: skip the check.
+        visible=None if context.scope() is None else visible,
+    )
     if after is None:
         return subscription
     try:

@@ -51,6 +51,7 @@ async def list_events(
             until=until,
             before_id=before_id,
             first=first,
+            scope=context.scope(),
         )
     return HistoryPage(events=page.items, has_more=page.has_more)
 

@@ -25,6 +25,7 @@ from fleetql.kubeconfig import (
     parse_kubeconfig,
 )
 from fleetql.labels import LabelError, validate_label_key, validate_label_value, validate_name
+from fleetql.resolvers.authorization import check_new_labels
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import UserError
 
@@ -96,6 +97,8 @@ async def import_cluster(
     labels: Sequence[tuple[str, str]] = (),
 ) -> ImportResult:
     errors = check_name(name) + check_labels(labels)
+    if not errors and (refused := check_new_labels(context, "labels", dict(labels))):
+        errors.append(refused)
     if len(description) > MAX_DESCRIPTION_LENGTH:
         errors.append(
             UserError(
@@ -140,6 +143,7 @@ async def import_cluster(
                         type=EventType.IMPORTED,
                         status=ClusterStatus.UNKNOWN.value,
                         message=f"imported {name!r} ({resolved.server})",
+                        actor=context.actor,
                     )
                 ],
             )

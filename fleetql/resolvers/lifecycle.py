@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from fleetql.access import Role
 from fleetql.credentials import inspect_credential
 from fleetql.db import clusters as db
 from fleetql.db.events import NewEvent, log_events
 from fleetql.db.models import Cluster, EventType
 from fleetql.db.states import request_checks
 from fleetql.labels import LabelError, validate_label_key
+from fleetql.resolvers.authorization import check_access, check_new_labels, not_found
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import UserError
 from fleetql.resolvers.imports import (
@@ -71,10 +73,6 @@ class ClusterUpdate:
     expected_version: int | None = None
 
 
-def _not_found(field_name: str, cluster_id: uuid.UUID) -> UserError:
-    return UserError(field_name, "NOT_FOUND", f"no cluster with id {cluster_id}")
-
-
 def _check_keys(keys: Sequence[str], field_name: str) -> list[UserError]:
     errors = []
     for index, key in enumerate(keys):
@@ -86,7 +84,7 @@ def _check_keys(keys: Sequence[str], field_name: str) -> list[UserError]:
 
 
 async def update_cluster(
-    context: Context, cluster_id: uuid.UUID, change: ClusterUpdate, *, actor: str | None = None
+    context: Context, cluster_id: uuid.UUID, change: ClusterUpdate
 ) -> LifecycleResult:
     errors: list[UserError] = []
     if change.name is not None:
@@ -121,7 +119,9 @@ async def update_cluster(
     async with context.services.sessions() as session:
         cluster = await db.lock_live_cluster(session, cluster_id)
         if cluster is None:
-            return LifecycleResult(user_errors=[_not_found("id", cluster_id)])
+            return LifecycleResult(user_errors=[not_found("id", cluster_id)])
+        if refused := check_access(context, "id", cluster_id, cluster.labels, Role.OPERATOR):
+            return LifecycleResult(user_errors=[refused])
         if change.expected_version is not None and change.expected_version != cluster.version:
             return LifecycleResult(
                 user_errors=[
@@ -152,6 +152,8 @@ async def update_cluster(
             cluster.description = change.description
         labels = _new_labels(cluster.labels, change)
         if labels != cluster.labels:
+            if refused := check_new_labels(context, "labels", labels):
+                return LifecycleResult(user_errors=[refused])
             changes["labels"] = (cluster.labels, labels)
             cluster.labels = labels
         if resolved is not None:
@@ -185,7 +187,7 @@ async def update_cluster(
                 )
             if resolved is not None:
                 await db.check_soon(session, cluster.id)
-            await log_events(session, [_updated(cluster, changes, actor)])
+            await log_events(session, [_updated(cluster, changes, context.actor)])
             await session.commit()
         record = await db.get_cluster(session, cluster_id)
     if changes:
@@ -219,16 +221,16 @@ def _updated(cluster: Cluster, changes: dict[str, tuple[Any, Any]], actor: str |
     )
 
 
-async def remove_cluster(
-    context: Context, cluster_id: uuid.UUID, *, actor: str | None = None
-) -> LifecycleResult:
+async def remove_cluster(context: Context, cluster_id: uuid.UUID) -> LifecycleResult:
     """Soft delete: the cluster leaves every list and the poller's queue, its name is free, and
     its encrypted kubeconfig is erased in the same transaction. Its history stays."""
     async with context.services.sessions() as session:
         before = await db.get_cluster(session, cluster_id)
         cluster = await db.lock_live_cluster(session, cluster_id)
         if cluster is None or before is None:
-            return LifecycleResult(user_errors=[_not_found("id", cluster_id)])
+            return LifecycleResult(user_errors=[not_found("id", cluster_id)])
+        if refused := check_access(context, "id", cluster_id, cluster.labels, Role.ADMIN):
+            return LifecycleResult(user_errors=[refused])
         cluster.deleted_at = func.now()
         cluster.updated_at = func.now()
         cluster.version += 1
@@ -244,7 +246,7 @@ async def remove_cluster(
                     type=EventType.REMOVED,
                     status=before.status.value,
                     message=f"removed {cluster.name!r}",
-                    actor=actor,
+                    actor=context.actor,
                 )
             ],
         )
@@ -259,7 +261,6 @@ async def set_cluster_labels(
     *,
     add: Sequence[tuple[str, str]] = (),
     remove: Sequence[str] = (),
-    actor: str | None = None,
 ) -> LifecycleResult:
     """Relabel many clusters in one transaction: every one of them, or none."""
     errors = check_labels(add, field_name="add") + _check_keys(remove, "remove")
@@ -274,17 +275,32 @@ async def set_cluster_labels(
     async with context.services.sessions() as session:
         found = await db.lock_live_clusters(session, unique)
         missing = [
-            _not_found(f"ids[{index}]", cluster_id)
+            not_found(f"ids[{index}]", cluster_id)
             for index, cluster_id in enumerate(cluster_ids)
             if cluster_id not in found
         ]
-        if missing:
-            return LifecycleResult(user_errors=missing)
+        refusals = [
+            refused
+            for index, cluster_id in enumerate(cluster_ids)
+            if cluster_id in found
+            and (
+                refused := check_access(
+                    context, f"ids[{index}]", cluster_id, found[cluster_id].labels, Role.OPERATOR
+                )
+                or check_new_labels(
+                    context, f"ids[{index}]", _new_labels(found[cluster_id].labels, change)
+                )
+            )
+        ]
+        if missing or refusals:
+            return LifecycleResult(user_errors=missing + refusals)
         events = []
         for cluster in found.values():
             labels = _new_labels(cluster.labels, change)
             if labels != cluster.labels:
-                events.append(_updated(cluster, {"labels": (cluster.labels, labels)}, actor))
+                events.append(
+                    _updated(cluster, {"labels": (cluster.labels, labels)}, context.actor)
+                )
                 cluster.labels = labels
                 cluster.version += 1
                 cluster.updated_at = func.now()
@@ -304,11 +320,16 @@ async def resync_cluster(context: Context, cluster_id: uuid.UUID, *, wait: bool)
         now = await session.scalar(select(func.now()))
         assert now is not None
         requested_at: datetime = now
+        found = await db.lock_live_cluster(session, cluster_id)
+        if found is None:
+            return LifecycleResult(user_errors=[not_found("id", cluster_id)])
+        if refused := check_access(context, "id", cluster_id, found.labels, Role.OPERATOR):
+            return LifecycleResult(user_errors=[refused])
         queued = await request_checks(session, [Cluster.id == cluster_id])
         await session.commit()
         record = await db.get_cluster(session, cluster_id)
     if not queued or record is None:
-        return LifecycleResult(user_errors=[_not_found("id", cluster_id)])
+        return LifecycleResult(user_errors=[not_found("id", cluster_id)])
     if not wait:
         return LifecycleResult(clusters=[record])
     poller = context.services.settings.poller
@@ -322,7 +343,7 @@ async def resync_cluster(context: Context, cluster_id: uuid.UUID, *, wait: bool)
         async with context.services.sessions() as session:
             record = await db.get_cluster(session, cluster_id)
         if record is None:
-            return LifecycleResult(user_errors=[_not_found("id", cluster_id)])
+            return LifecycleResult(user_errors=[not_found("id", cluster_id)])
         if record.last_checked_at is not None and record.last_checked_at >= requested_at:
             return LifecycleResult(clusters=[record])
     return LifecycleResult(
@@ -338,7 +359,9 @@ async def resync_cluster(context: Context, cluster_id: uuid.UUID, *, wait: bool)
 
 
 async def resync_clusters(context: Context, where: db.ClusterFilter) -> int:
-    """Queue a check now for every cluster matching ``where``; returns how many."""
+    """Queue a check now for every cluster matching ``where`` that the caller operates;
+    returns how many."""
+    where = replace(where, scope=context.scope(Role.OPERATOR))
     async with context.services.sessions() as session:
         queued = await request_checks(session, [Cluster.id.in_(db.matching_ids(where))])
         await session.commit()

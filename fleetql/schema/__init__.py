@@ -22,6 +22,7 @@ from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.execution import PerEventExecutionContext
 from fleetql.schema.limits import query_limits_rule
 from fleetql.schema.mutation import Mutation
+from fleetql.schema.permissions import check_every_root_field
 from fleetql.schema.query import Query
 from fleetql.schema.scalars import SCALAR_MAP
 from fleetql.schema.subscription import Subscription
@@ -66,6 +67,7 @@ class FleetSchema(strawberry.Schema):
 
 def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
     settings = settings or ServerSettings()
+    check_every_root_field(Query, Mutation, Subscription)
     limits = query_limits_rule(max_aliases=settings.max_aliases, max_depth=settings.max_query_depth)
     return FleetSchema(
         query=Query,

@@ -53,3 +53,10 @@ class ClusterEventKind(enum.Enum):
             return cls(event_type.value)
         except ValueError:
             return cls.STATE_CHANGED
+
+
+@strawberry.enum(description="What a principal may do: each role includes the ones before it.")
+class Role(enum.Enum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"

@@ -5,8 +5,7 @@ subscribers that sent the same document with the same variables would compute th
 executing the selection is ~150 us per subscriber, 90 % of the server's CPU with 5,000 consoles
 open (bench/fanout.py). So the first subscriber of a cohort executes the event and the others
 share its result, kept on the payload itself (it goes when the event does). Results depend on
-nothing else today; once access control scopes what a principal may see (issue 8), the
-principal's scope belongs in the key.
+nothing else but what the principal may see, so its grants are part of the cohort's key.
 """
 
 from __future__ import annotations
@@ -31,13 +30,18 @@ class PerEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
     measured in bench/fanout.py). Each event's executor gets a fresh one here.
     """
 
-    _cohort_key: tuple[int, bytes] | None = None
+    _cohort_key: tuple[int, bytes, Any] | None = None
 
     def build_per_event_executor(self, payload: Any) -> Any:
         executor = cast(PerEventExecutionContext, super().build_per_event_executor(payload))
         executor._relevant_sub_fields = {}
         # The parser cache hands identical documents the same operation node.
-        executor._cohort_key = (id(self.operation), _variables_key(self))
+        principal = getattr(self.context_value, "principal", None)
+        executor._cohort_key = (
+            id(self.operation),
+            _variables_key(self),
+            None if principal is None else principal.scope_key,
+        )
         return executor
 
     def execute_operation(self, serially: bool | None = None) -> Any:
@@ -45,7 +49,7 @@ class PerEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
         results = getattr(self.root_value, "__dict__", None)
         if key is None or results is None:
             return super().execute_operation(serially)
-        cohorts: dict[tuple[int, bytes], Any] = results.setdefault(_RESULTS, {})
+        cohorts: dict[tuple[int, bytes, Any], Any] = results.setdefault(_RESULTS, {})
         if key not in cohorts:
             result = super().execute_operation(serially)
             cohorts[key] = asyncio.ensure_future(result) if self.is_awaitable(result) else result

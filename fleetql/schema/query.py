@@ -8,12 +8,13 @@ from strawberry.types.nodes import SelectedField, Selection
 
 from fleetql.db.clusters import ClusterFilter as DbClusterFilter
 from fleetql.db.clusters import OrderField, Ordering
-from fleetql.resolvers import clusters, history
+from fleetql.resolvers import clusters, history, tokens
 from fleetql.resolvers.arguments import parse_cluster_id
 from fleetql.resolvers.context import Context
 from fleetql.schema.enums import OrderDirection
 from fleetql.schema.inputs import ClusterFilter, ClusterOrder, EventFilter
-from fleetql.schema.types import Cluster, ClusterPage, EventPage, FleetSummary
+from fleetql.schema.permissions import ADMIN, VIEWER
+from fleetql.schema.types import ApiToken, Cluster, ClusterPage, EventPage, FleetSummary
 
 
 def _selects(info: Info[Context, None], name: str) -> bool:
@@ -45,7 +46,9 @@ def cluster_filter_of(filter: ClusterFilter | None) -> DbClusterFilter:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="A page of clusters matching the filter.")
+    @strawberry.field(
+        permission_classes=VIEWER, description="A page of clusters matching the filter."
+    )
     async def clusters(
         self,
         info: Info[Context, None],
@@ -68,12 +71,18 @@ class Query:
         )
         return ClusterPage.from_result(result)
 
-    @strawberry.field(description="One cluster, or null when the id is unknown or removed.")
+    @strawberry.field(
+        permission_classes=VIEWER,
+        description="One cluster, or null when the id is unknown or removed.",
+    )
     async def cluster(self, info: Info[Context, None], id: strawberry.ID) -> Cluster | None:
         record = await clusters.get_cluster(info.context, parse_cluster_id(id))
         return None if record is None else Cluster.from_row(record)
 
-    @strawberry.field(description="The event log, newest first; `after` takes a page's endCursor.")
+    @strawberry.field(
+        permission_classes=VIEWER,
+        description="The event log, newest first; `after` takes a page's endCursor.",
+    )
     async def events(
         self,
         info: Info[Context, None],
@@ -94,10 +103,18 @@ class Query:
         return EventPage.from_result(page)
 
     @strawberry.field(
-        description="The dashboard header: totals by status and version, nodes and capacity."
+        permission_classes=VIEWER,
+        description="The dashboard header: totals by status and version, nodes and capacity.",
     )
     async def fleet_summary(
         self, info: Info[Context, None], filter: ClusterFilter | None = None
     ) -> FleetSummary:
         result = await clusters.fleet_summary(info.context, where=cluster_filter_of(filter))
         return FleetSummary.from_result(result)
+
+    @strawberry.field(
+        permission_classes=ADMIN,
+        description="API tokens, newest first (a scoped admin sees the ones it created).",
+    )
+    async def api_tokens(self, info: Info[Context, None]) -> list[ApiToken]:
+        return [ApiToken.from_result(token) for token in await tokens.list_api_tokens(info.context)]

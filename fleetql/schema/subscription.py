@@ -12,6 +12,7 @@ from fleetql.events.bus import Delivery
 from fleetql.resolvers import events
 from fleetql.resolvers.context import Context
 from fleetql.schema.inputs import ClusterEventFilter
+from fleetql.schema.permissions import VIEWER
 from fleetql.schema.types import ClusterEvent
 
 After = Annotated[
@@ -28,11 +29,12 @@ After = Annotated[
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
+        permission_classes=VIEWER,
         description=(
             "Every committed change to clusters matching the filter: imports, updates, "
             "removals and what the poller finds. To miss nothing, subscribe first, then query "
             "the current state on the same websocket — or resume with `after`."
-        )
+        ),
     )
     async def cluster_state_changed(
         self,
@@ -43,7 +45,8 @@ class Subscription:
         return await _subscribe(info, filter, after)  # type: ignore[return-value]
 
     @strawberry.subscription(
-        description="The event log, live: clusterStateChanged filtered by event type too."
+        permission_classes=VIEWER,
+        description="The event log, live: clusterStateChanged filtered by event type too.",
     )
     async def cluster_events(
         self,

@@ -13,6 +13,7 @@ from strawberry.types import Info
 from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
 from fleetql.db.summary import FleetSummary as FleetSummaryResult
+from fleetql.db.tokens import ApiToken as ApiTokenResult
 from fleetql.events.bus import Delivery
 from fleetql.resolvers import history
 from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
@@ -20,7 +21,8 @@ from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import UserError as UserErrorResult
 from fleetql.resolvers.history import HistoryPage
 from fleetql.resolvers.lifecycle import LifecycleResult
-from fleetql.schema.enums import ClusterEventKind, ClusterEventType, ClusterStatus
+from fleetql.resolvers.tokens import TokenResult
+from fleetql.schema.enums import ClusterEventKind, ClusterEventType, ClusterStatus, Role
 from fleetql.schema.scalars import Long
 
 
@@ -396,3 +398,62 @@ class FleetSummary:
 @strawberry.type
 class ResyncClustersPayload:
     queued: int = strawberry.field(description="How many clusters will be checked now.")
+
+
+@strawberry.type(description="An API token for scripts and CI. Its secret is shown only once.")
+class ApiToken:
+    id: strawberry.ID
+    name: str
+    role: Role
+    scope: str | None = strawberry.field(description="The label selector it is limited to.")
+    created_by: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = strawberry.field(
+        description="When it was last used (to the minute)."
+    )
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_result(cls, token: ApiTokenResult) -> Self:
+        return cls(
+            id=strawberry.ID(str(token.id)),
+            name=token.name,
+            role=Role(token.role),
+            scope=token.scope,
+            created_by=token.created_by,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            last_used_at=token.last_used_at,
+            revoked_at=token.revoked_at,
+        )
+
+
+@strawberry.type
+class CreateApiTokenPayload:
+    token: ApiToken | None
+    secret: str | None = strawberry.field(
+        description="Send as 'Authorization: Bearer <secret>'. Returned now and never again."
+    )
+    user_errors: list[UserError]
+
+    @classmethod
+    def from_result(cls, result: TokenResult) -> Self:
+        return cls(
+            token=None if result.token is None else ApiToken.from_result(result.token),
+            secret=result.secret,
+            user_errors=[UserError.from_result(error) for error in result.user_errors],
+        )
+
+
+@strawberry.type
+class RevokeApiTokenPayload:
+    token: ApiToken | None
+    user_errors: list[UserError]
+
+    @classmethod
+    def from_result(cls, result: TokenResult) -> Self:
+        return cls(
+            token=None if result.token is None else ApiToken.from_result(result.token),
+            user_errors=[UserError.from_result(error) for error in result.user_errors],
+        )

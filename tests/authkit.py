@@ -1,0 +1,114 @@
+"""Signing test tokens with generated keys, and servers that require them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from fleetql.config import AuthSettings, Settings
+
+ISSUER = "https://issuer.test"
+AUDIENCE = "fleetql"
+
+# Groups of the test issuer, and what fleetql makes of them.
+ROLES = {
+    "fleet-admins": {"role": "admin"},
+    "fleet-operators": {"role": "operator"},
+    "fleet-viewers": {"role": "viewer"},
+    "payments-operators": {"role": "operator", "scope": "team=payments"},
+    "payments-viewers": {"role": "viewer", "scope": "team=payments"},
+    "payments-admins": {"role": "admin", "scope": "team=payments"},
+}
+
+
+class Issuer:
+    """An RSA key pair that signs tokens the way an identity provider would."""
+
+    def __init__(self, kid: str = "test-key") -> None:
+        self.kid = kid
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.public_pem = (
+            self.private_key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+    def claims(self, subject: str, groups: list[str], **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": subject,
+            "groups": groups,
+            "iat": now,
+            "exp": now + 600,
+        }
+        claims.update(overrides)
+        return {key: value for key, value in claims.items() if value is not None}
+
+    def token(self, subject: str, groups: list[str], **overrides: Any) -> str:
+        return jwt.encode(
+            self.claims(subject, groups, **overrides),
+            self.private_key,
+            algorithm="RS256",
+            headers={"kid": self.kid},
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        public = jwt.algorithms.RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return {"keys": [{**public, "kid": self.kid, "use": "sig", "alg": "RS256"}]}
+
+
+def jwt_settings(settings: Settings, issuer: Issuer, **auth: Any) -> Settings:
+    """``settings`` with bearer tokens of ``issuer`` required."""
+    values: dict[str, Any] = {
+        "mode": "jwt",
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "algorithms": ["RS256"],
+        "public_key": issuer.public_pem,
+        "roles": ROLES,
+        "token_check_interval": "0.2s",
+    }
+    values.update(auth)
+    return settings.model_copy(update={"auth": AuthSettings.model_validate(values)})
+
+
+class AuthClient:
+    """Posts GraphQL as one principal."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, token: str | None) -> None:
+        self.http = http
+        self.url = url
+        self.token = token
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {} if self.token is None else {"authorization": f"Bearer {self.token}"}
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = await self.http.post(
+            self.url, json={"query": query, "variables": variables}, headers=self.headers
+        )
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = await self.post(query, variables)
+        assert "errors" not in body, body["errors"]
+        result: dict[str, Any] = body["data"]
+        return result
+
+
+def forbidden(body: Mapping[str, Any]) -> bool:
+    return any(
+        error.get("extensions", {}).get("code") == "FORBIDDEN" for error in body.get("errors", ())
+    )
