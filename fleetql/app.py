@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
@@ -34,12 +37,14 @@ from fleetql.events.relay import EventRelay
 from fleetql.health import livez, readyz
 from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
+from fleetql.logs import log_context
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
 from fleetql.resolvers.context import Context, Services
 from fleetql.schema import build_schema
 from fleetql.server import ABORT_EXTENSION
+from fleetql.shutdown import Drain
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,26 @@ class FleetGraphQL(GraphQL[Context, None]):
             if isinstance(request, WebSocket)
             else None,
         )
+
+    async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        # The operation's name goes into every log line written while it runs.
+        data = kwargs.get("request_data")
+        name = getattr(data, "operation_name", None) or _operation_of(getattr(data, "query", None))
+        with log_context(operation=name):
+            return await super().execute_single(*args, **kwargs)
+
+
+_OPERATION = re.compile(r"^\s*(query|mutation|subscription)\b\s*([_A-Za-z][_0-9A-Za-z]*)?")
+
+
+def _operation_of(query: str | None) -> str | None:
+    """``Name`` of ``query Name {…}``, or the operation type of an anonymous one."""
+    if not query:
+        return None
+    match = _OPERATION.match(query)
+    if match is None:
+        return "query" if query.lstrip().startswith("{") else None
+    return match.group(2) or match.group(1)
 
 
 class ConnectionCloser:
@@ -188,6 +213,8 @@ def create_app(
         allowed_origins=settings.server.cors_origins,
     )
 
+    drain = Drain(abort_extension=ABORT_EXTENSION)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, migrate=migrate) as services, AsyncExitStack() as stack:
@@ -204,6 +231,7 @@ def create_app(
                     _forget_retired_clients(services.events, poller.pool), name="pool.retire"
                 )
                 stack.push_async_callback(_cancel, retired)
+                drain.on_drain("poller.release_claims", poller.stop)
                 app.state.poller = poller
             if demo_clusters > 0:
                 await stack.enter_async_context(
@@ -218,12 +246,14 @@ def create_app(
             stack.push_async_callback(closer.aclose)
             app.state.services = services
             app.state.closer = closer
+            # Runs first on the way out: however the server stops, the drain has happened.
+            stack.push_async_callback(drain.finished)
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/graphql", graphql),
-            WebSocketRoute("/graphql", graphql),
+            WebSocketRoute("/graphql", drain.track_websockets(graphql)),
             Route("/livez", livez),
             Route("/readyz", readyz),
         ],
@@ -239,3 +269,5 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    app.state.drain = drain
+    return app

@@ -1,8 +1,9 @@
 """Settings: a YAML file, overridden key by key from the environment.
 
 Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``, ``events``,
-``cluster_manager``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain ``DATABASE_URL`` and
-``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and secret stores set.
+``cluster_manager``, ``log``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain
+``DATABASE_URL`` and ``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and
+secret stores set.
 Unknown keys and bad values stop the start with a message that names the key, because a typo in
 a setting that silently falls back to its default is worse than no start at all.
 """
@@ -14,7 +15,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -72,6 +73,9 @@ class ServerSettings(_Section):
     max_aliases: int = Field(default=30, ge=1)
     max_query_depth: int = Field(default=12, ge=2)
     log_level: str = "info"
+    # From SIGTERM to exit: running requests get most of it, closing the pools the rest. Keep it
+    # a few seconds below the orchestrator's kill deadline (Kubernetes: 30 s by default).
+    shutdown_grace: Duration = timedelta(seconds=25)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -162,6 +166,18 @@ class EventsSettings(_Section):
         return value
 
 
+class LogSettings(_Section):
+    """What the process logs and how: readable text by default, JSON lines for a collector."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
 _EVENT_SCHEMES = frozenset(
     {"memory", "postgres", "postgresql", "postgresql+asyncpg", "redis", "rediss"}
 )
@@ -174,6 +190,7 @@ class Settings(_Section):
     poller: PollerSettings = PollerSettings()
     cluster_manager: ClusterManagerSettings = ClusterManagerSettings()
     events: EventsSettings = EventsSettings()
+    log: LogSettings = LogSettings()
 
 
 def load_settings(
