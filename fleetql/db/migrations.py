@@ -1,7 +1,14 @@
-"""Running Alembic from inside fleetql, on the server's own connection."""
+"""Running Alembic from inside fleetql, on the server's own connection.
+
+The migration scripts live in ``alembic/`` at the top of the source tree, beside the package, so
+that ``alembic upgrade head`` works in a checkout. A non-editable install (a container image)
+has no source tree: it finds them in ``<prefix>/share/fleetql/alembic`` instead, where the
+Dockerfile copies them.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,12 +20,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alembic import command
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+SOURCE_TREE_DIR = Path(__file__).resolve().parents[2] / "alembic"
+INSTALLED_DIR = Path(sys.prefix) / "share" / "fleetql" / "alembic"
+
+
+class MigrationsNotFound(RuntimeError):
+    """Neither the source tree nor the install prefix holds the migration scripts."""
+
+
+def alembic_dir() -> Path:
+    """The folder of migration scripts: the source tree's, else the installed copy."""
+    for candidate in (SOURCE_TREE_DIR, INSTALLED_DIR):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise MigrationsNotFound(
+        f"cannot find fleetql's migrations in {SOURCE_TREE_DIR} or {INSTALLED_DIR}; "
+        "install from a checkout, or copy its alembic/ folder to the second place"
+    )
 
 
 def alembic_config() -> Config:
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(alembic_dir()))
     return config
 
 
@@ -39,6 +62,13 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision this code's scripts define; a database at another one was migrated by
+    newer code (during a rolling upgrade, before this replica is replaced)."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return frozenset(script.revision for script in scripts.walk_revisions())
 
 
 async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:

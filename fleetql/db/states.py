@@ -235,3 +235,21 @@ async def request_checks(session: AsyncSession, where: Sequence[Any]) -> int:
         .returning(ClusterState.cluster_id)
     )
     return len((await session.execute(statement)).all())
+
+
+async def release_claims(session: AsyncSession, cluster_ids: Sequence[uuid.UUID]) -> int:
+    """Give back claims a stopping poller holds on checks it will not finish, due now, so another
+    replica checks them at once instead of after the lease; returns how many. A claim that a
+    finished check already cleared is left alone. The caller commits."""
+    if not cluster_ids:
+        return 0
+    statement = (
+        update(ClusterState)
+        .where(
+            ClusterState.cluster_id.in_(cluster_ids),
+            ClusterState.claimed_until.is_not(None),
+        )
+        .values(claimed_until=None, next_check_at=func.now())
+        .returning(ClusterState.cluster_id)
+    )
+    return len((await session.execute(statement)).all())

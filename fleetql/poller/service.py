@@ -25,8 +25,8 @@ async def running_poller(
     cipher: KubeconfigCipher,
     publish: Publish = publish_nothing,
 ) -> AsyncIterator[Poller]:
-    """Start the poller and the pool's idle cleanup as owned tasks; stop both, then close every
-    client, on exit."""
+    """Start the poller and the pool's idle cleanup as owned tasks; on exit stop both (the
+    poller releasing the claims it holds), then close every client."""
     manager = settings.cluster_manager
     async with ClientPool(
         max_clients=manager.max_clients, idle_timeout=manager.cleanup_interval.total_seconds()
@@ -49,6 +49,7 @@ async def running_poller(
         try:
             yield poller
         finally:
+            await poller.stop()  # done already if the server drained first
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -12,9 +12,11 @@ import asyncio
 import hashlib
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import yaml
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -22,7 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.config import PollerSettings
 from fleetql.crypto import DecryptionError, EncryptedBlob, KubeconfigCipher
-from fleetql.db.states import DueCluster, StateChange, claim_due_clusters, record_check
+from fleetql.db.states import (
+    DueCluster,
+    StateChange,
+    claim_due_clusters,
+    record_check,
+    release_claims,
+)
+from fleetql.logs import log_context
 from fleetql.poller.assessment import damp, failed_values, observed_values
 from fleetql.poller.client import build_api_client
 from fleetql.poller.pool import ClientPool
@@ -65,6 +74,10 @@ class Poller:
     stats: PollerStats = field(default_factory=PollerStats)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Clusters claimed and not yet recorded: what ``stop`` gives back.
+    _claimed: set[uuid.UUID] = field(default_factory=set)
+    _runner: asyncio.Task[Any] | None = None
+    _stopped: bool = False
 
     @property
     def lease(self) -> timedelta:
@@ -72,10 +85,13 @@ class Poller:
         return self.settings.client_timeout * 4 + self.lease_margin
 
     async def run(self) -> None:
-        """Claim and check until cancelled; in-flight checks are cancelled with it."""
+        """Claim and check until cancelled or stopped; in-flight checks are cancelled with it."""
+        if self._stopped:
+            return
+        self._runner = asyncio.current_task()
         backoff = 1.0
         try:
-            while True:
+            while not self._stopped:
                 free = self.settings.max_concurrency - len(self._tasks)
                 claimed: list[DueCluster] = []
                 if free > 0:
@@ -101,6 +117,30 @@ class Poller:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def stop(self) -> None:
+        """Stop claiming, cancel the checks in flight and release their claims, so another
+        replica checks those clusters at once rather than when the lease runs out."""
+        self._stopped = True
+        runner = self._runner
+        if runner is not None and runner is not asyncio.current_task():
+            runner.cancel()
+            await asyncio.wait([runner])
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        held, self._claimed = list(self._claimed), set()
+        if not held:
+            return
+        try:
+            async with self.sessions() as session:
+                released = await release_claims(session, held)
+                await session.commit()
+        except (OSError, OperationalError, DBAPIError) as error:
+            # The leases still run out: the clusters come back, only later.
+            logger.warning("cannot release %d claims: %s", len(held), type(error).__name__)
+            return
+        logger.info("released %d claims for another replica", released)
+
     async def sweep(self) -> int:
         """Check every cluster that is due now, then return how many were checked (for tests,
         benchmarks and ``fleetql poll --once``)."""
@@ -114,6 +154,7 @@ class Poller:
         async with self.sessions() as session:
             claimed = await claim_due_clusters(session, limit=limit, lease=self.lease)
             await session.commit()
+        self._claimed.update(due.id for due in claimed)
         return claimed
 
     def _start(self, due: DueCluster) -> None:
@@ -137,6 +178,10 @@ class Poller:
 
     async def check(self, due: DueCluster) -> None:
         """Check one claimed cluster and record the result; publish after the commit."""
+        with log_context(cluster_id=str(due.id)):
+            await self._check(due)
+
+    async def _check(self, due: DueCluster) -> None:
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         try:
@@ -150,6 +195,7 @@ class Poller:
                     session, due.id, values, next_check_in=next_check_in, heartbeat=heartbeat
                 )
                 await session.commit()
+            self._claimed.discard(due.id)
         except (OSError, OperationalError, DBAPIError) as error:
             # The claim's lease expires and the cluster is checked again: nothing is lost.
             self.stats.database_errors += 1

@@ -45,6 +45,14 @@ def is_unexpected(error: GraphQLError) -> bool:
     )
 
 
+def _loggable(error: GraphQLError) -> str:
+    """A client error's message without the variable values it may quote (graphql-core puts a
+    whole rejected value, a kubeconfig say, into "Variable '$x' got invalid value …")."""
+    message = error.message
+    head, found, _ = message.partition(" got invalid value")
+    return f"{head} got an invalid value (not logged)" if found else message[:300]
+
+
 class FleetSchema(strawberry.Schema):
     """Logs unexpected errors with the request id that the client also gets in the response."""
 
@@ -62,7 +70,7 @@ class FleetSchema(strawberry.Schema):
                     exc_info=error.original_error,
                 )
             else:
-                logger.debug("client error (request %s): %s", request_id, error.message)
+                logger.debug("client error (request %s): %s", request_id, _loggable(error))
 
 
 def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
