@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
@@ -34,6 +35,8 @@ from fleetql.events.relay import EventRelay
 from fleetql.health import livez, readyz
 from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
+from fleetql.metrics.exposition import metrics_endpoint
+from fleetql.metrics.instruments import Metrics
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
@@ -59,6 +62,16 @@ class FleetGraphQL(GraphQL[Context, None]):
             if isinstance(request, WebSocket)
             else None,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return await super().__call__(scope, receive, send)
+        open_websockets = scope["app"].state.services.metrics.api.websockets
+        open_websockets.inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            open_websockets.dec()
 
 
 class ConnectionCloser:
@@ -116,6 +129,8 @@ async def open_services(
         cipher = KubeconfigCipher(key)
         engine = create_engine(url, settings.database)
         stack.push_async_callback(engine.dispose)
+        metrics = Metrics(max_operation_names=settings.metrics.max_operation_names)
+        metrics.database.watch(engine)
         if migrate:
             await migrations.upgrade(engine)
         sessions = create_session_factory(engine)
@@ -140,16 +155,26 @@ async def open_services(
                 load_events=load_events,
                 load_clusters=load_clusters,
                 queue_size=settings.events.subscriber_queue_size,
+                metrics=metrics.events,
             )
         )
         relay = EventRelay(
-            url, sessions, events, shared=not settings.events.url.startswith("memory:")
+            url,
+            sessions,
+            events,
+            shared=not settings.events.url.startswith("memory:"),
+            metrics=metrics.events,
         )
         if relay_events:
             relay_task = asyncio.create_task(relay.run(), name="events.relay")
             stack.push_async_callback(_cancel, relay_task)
         yield Services(
-            settings=settings, sessions=sessions, cipher=cipher, events=events, relay=relay
+            settings=settings,
+            sessions=sessions,
+            cipher=cipher,
+            events=events,
+            relay=relay,
+            metrics=metrics,
         )
 
 
@@ -198,6 +223,7 @@ def create_app(
                         sessions=services.sessions,
                         cipher=services.cipher,
                         publish=services.relay.wake_after,
+                        metrics=services.metrics,
                     )
                 )
                 retired = asyncio.create_task(
@@ -226,6 +252,7 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/livez", livez),
             Route("/readyz", readyz),
+            *([Route("/metrics", metrics_endpoint)] if settings.metrics.enabled else []),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

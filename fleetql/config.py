@@ -162,6 +162,17 @@ class EventsSettings(_Section):
         return value
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics`` (README "Metrics")."""
+
+    enabled: bool = True
+    # One series per cluster (ready, nodes, CPU, memory, credential expiry); turn off for
+    # fleets too large for that, the fleet-wide totals stay.
+    per_cluster_series: bool = True
+    # Distinct GraphQL operation names kept as label values; later ones count as "other".
+    max_operation_names: int = Field(default=200, ge=0, le=10_000)
+
+
 _EVENT_SCHEMES = frozenset(
     {"memory", "postgres", "postgresql", "postgresql+asyncpg", "redis", "rediss"}
 )
@@ -174,6 +185,7 @@ class Settings(_Section):
     poller: PollerSettings = PollerSettings()
     cluster_manager: ClusterManagerSettings = ClusterManagerSettings()
     events: EventsSettings = EventsSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def load_settings(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -11,6 +11,7 @@ from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
 from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
+from fleetql.metrics.instruments import Metrics
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class Services:
     cipher: KubeconfigCipher
     events: EventBus
     relay: EventRelay
+    # This app's instruments, on a registry of its own; ``/metrics`` renders them.
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(frozen=True)
