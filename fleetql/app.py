@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -44,6 +45,8 @@ from fleetql.health import livez, readyz
 from fleetql.housekeeping import housekeeping_forever
 from fleetql.keystore import load_encryption_key
 from fleetql.logs import log_context
+from fleetql.metrics.exposition import metrics_endpoint
+from fleetql.metrics.instruments import Metrics
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
@@ -126,6 +129,16 @@ class FleetGraphQL(GraphQL[Context, None]):
         with log_context(operation=name):
             return await super().execute_single(*args, **kwargs)
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return await super().__call__(scope, receive, send)
+        open_websockets = scope["app"].state.services.metrics.api.websockets
+        open_websockets.inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            open_websockets.dec()
+
 
 _OPERATION = re.compile(r"^\s*(query|mutation|subscription)\b\s*([_A-Za-z][_0-9A-Za-z]*)?")
 
@@ -195,6 +208,8 @@ async def open_services(
         cipher = KubeconfigCipher(key)
         engine = create_engine(url, settings.database)
         stack.push_async_callback(engine.dispose)
+        metrics = Metrics(max_operation_names=settings.metrics.max_operation_names)
+        metrics.database.watch(engine)
         if migrate:
             await migrations.upgrade(engine)
         sessions = create_session_factory(engine)
@@ -224,10 +239,15 @@ async def open_services(
                 load_clusters=load_clusters,
                 load_labels=load_labels,
                 queue_size=settings.events.subscriber_queue_size,
+                metrics=metrics.events,
             )
         )
         relay = EventRelay(
-            url, sessions, events, shared=not settings.events.url.startswith("memory:")
+            url,
+            sessions,
+            events,
+            shared=not settings.events.url.startswith("memory:"),
+            metrics=metrics.events,
         )
         if relay_events:
             relay_task = asyncio.create_task(relay.run(), name="events.relay")
@@ -243,6 +263,7 @@ async def open_services(
             relay=relay,
             authenticator=Authenticator(settings.auth, sessions),
             socket_guard=guard,
+            metrics=metrics,
         )
 
 
@@ -293,6 +314,7 @@ def create_app(
                         sessions=services.sessions,
                         cipher=services.cipher,
                         publish=services.relay.wake_after,
+                        metrics=services.metrics,
                     )
                 )
                 retired = asyncio.create_task(
@@ -331,6 +353,7 @@ def create_app(
             WebSocketRoute("/graphql", drain.track_websockets(graphql)),
             Route("/livez", livez),
             Route("/readyz", readyz),
+            *([Route("/metrics", metrics_endpoint)] if settings.metrics.enabled else []),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

@@ -192,6 +192,17 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics`` (README "Metrics")."""
+
+    enabled: bool = True
+    # One series per cluster (ready, nodes, CPU, memory, credential expiry); turn off for
+    # fleets too large for that, the fleet-wide totals stay.
+    per_cluster_series: bool = True
+    # Distinct GraphQL operation names kept as label values; later ones count as "other".
+    max_operation_names: int = Field(default=200, ge=0, le=10_000)
+
+
 _EVENT_SCHEMES = frozenset(
     {"memory", "postgres", "postgresql", "postgresql+asyncpg", "redis", "rediss"}
 )
@@ -312,6 +323,7 @@ class Settings(_Section):
     events: EventsSettings = EventsSettings()
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Settings:

@@ -26,6 +26,7 @@ from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
 from fleetql.events.backends import RESYNC
 from fleetql.events.model import MAX_IDS_PER_MESSAGE, InvalidEvent, decode_ids, encode_ids
+from fleetql.metrics.instruments import EventMetrics
 
 __all__ = [
     "CHANNEL",
@@ -90,6 +91,10 @@ class Subscription:
         # Events up to this id were already handed over (by a replay): skip them live.
         self.skip_through = 0
 
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
     def accepts(self, delivery: Delivery) -> bool:
         if self._visible is not None and not self._visible(delivery.labels):
             return False
@@ -107,6 +112,7 @@ class Subscription:
             self._queue.put_nowait(delivery)
         except asyncio.QueueFull:
             self._bus.overflows += 1
+            self._bus.metrics.overflows.inc()
             self.close(
                 CLOSE_TOO_SLOW,
                 f"subscriber too slow: more than {self._queue.maxsize} events waiting",
@@ -142,6 +148,7 @@ class Subscription:
                 raise StopAsyncIteration
             # Queued before a replay finished, and handed over by it.
             if delivery.event.id > self.skip_through:
+                self._bus.metrics.delivered.inc()
                 return delivery
 
     async def aclose(self) -> None:
@@ -160,6 +167,7 @@ class EventBus:
         load_clusters: LoadClusters,
         load_labels: LoadLabels | None = None,
         queue_size: int = 4096,
+        metrics: EventMetrics | None = None,
     ) -> None:
         self._backend = backend
         self._broadcast = Broadcast(backend=backend)
@@ -177,6 +185,12 @@ class EventBus:
         self.dispatched = 0
         self.overflows = 0
         self.resyncs = 0
+        self.metrics = metrics or EventMetrics()
+        # Read at scrape time: how many subscribers, and how far behind they are.
+        self.metrics.subscribers.set_function(lambda: len(self._subscriptions))
+        self.metrics.queued.set_function(lambda: sum(self.queue_depths(), 0))
+        self.metrics.deepest_queue.set_function(lambda: max(self.queue_depths(), default=0))
+        self.metrics.inbox.set_function(self._inbox.qsize)
 
     async def __aenter__(self) -> Self:
         await self._broadcast.connect()
@@ -216,6 +230,10 @@ class EventBus:
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
 
+    def queue_depths(self) -> list[int]:
+        """Events waiting for each subscriber."""
+        return [subscription.queued for subscription in self._subscriptions]
+
     async def publish_ids(self, ids: Sequence[int]) -> None:
         """Tell every replica that these logged events are ready (the relay calls this, in id
         order). Raises when the backend cannot take them, so the relay retries."""
@@ -224,6 +242,7 @@ class EventBus:
                 CHANNEL, encode_ids(ids[start : start + MAX_IDS_PER_MESSAGE])
             )
         self.published += len(ids)
+        self.metrics.published.inc(len(ids))
 
     async def deliveries(self, events: Sequence[LoggedEvent]) -> list[Delivery]:
         """``events`` with their clusters, loaded in one statement (and the labels of removed
@@ -287,6 +306,7 @@ class EventBus:
         for message in messages:
             if message == RESYNC:
                 self.resyncs += 1
+                self.metrics.resyncs.inc()
                 self._resync("the event stream was interrupted; subscribe again, then query")
                 continue
             try:
@@ -305,6 +325,7 @@ class EventBus:
             for subscription in list(self._subscriptions):
                 subscription.offer(delivery)
             self.dispatched += 1
+            self.metrics.dispatched.inc()
 
     def _resync(self, reason: str) -> None:
         for subscription in list(self._subscriptions):

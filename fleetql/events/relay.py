@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fleetql.db import events as log
 from fleetql.events.backends import asyncpg_dsn
 from fleetql.events.bus import EventBus
+from fleetql.metrics.instruments import EventMetrics
 
 __all__ = ["EventRelay"]
 
@@ -46,6 +47,7 @@ class EventRelay:
         shared: bool = True,
         poll_interval: float = 0.5,
         batch: int = 500,
+        metrics: EventMetrics | None = None,
     ) -> None:
         self._shared = shared
         self._dsn = asyncpg_dsn(database_url)
@@ -58,6 +60,8 @@ class EventRelay:
         self.leading = False
         self.published = 0
         self._local_position: int | None = None
+        if metrics is not None:
+            metrics.relay_leading.set_function(lambda: 1 if self.leading else 0)
 
     def wake(self) -> None:
         self._wake.set()

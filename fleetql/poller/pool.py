@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from kubernetes_asyncio.client import ApiClient
 
+from fleetql.metrics.instruments import PoolMetrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +46,7 @@ class ClientPool:
     idle_timeout: float = 600.0
     clock: Callable[[], float] = time.monotonic
     stats: PoolStats = field(default_factory=PoolStats)
+    metrics: PoolMetrics = field(default_factory=PoolMetrics)
     _entries: OrderedDict[uuid.UUID, _Entry] = field(default_factory=OrderedDict)
 
     def __len__(self) -> int:
@@ -61,13 +64,17 @@ class ClientPool:
             entry = None
         if entry is None:
             self.stats.misses += 1
+            self.metrics.misses.inc()
             entry = _Entry(client=build(), fingerprint=fingerprint, last_used=self.clock())
             self._entries[cluster_id] = entry
+            self.metrics.clients.set(len(self._entries))
             while len(self._entries) > self.max_clients:
                 self.stats.evictions += 1
+                self.metrics.evictions.inc()
                 await self._close_unused(self._retire(next(iter(self._entries))))
         else:
             self.stats.hits += 1
+            self.metrics.hits.inc()
             self._entries.move_to_end(cluster_id)
         entry.users += 1
         try:
@@ -105,6 +112,7 @@ class ClientPool:
         """Take the entry out of the pool; whoever holds it last closes it."""
         entry = self._entries.pop(cluster_id)
         entry.retired = True
+        self.metrics.clients.set(len(self._entries))
         return entry
 
     async def _close_unused(self, entry: _Entry) -> None:

@@ -28,6 +28,19 @@ from fleetql.poller.nodes import (
 PAGE_SIZE = 500
 MAX_PAGES = 10_000
 MAX_MESSAGE = 300
+# Every code a failed check can carry (README "Health checks"); metrics pre-declare them.
+ERROR_CODES = (
+    "TIMEOUT",
+    "CONNECTION_REFUSED",
+    "CONNECTION_RESET",
+    "DNS",
+    "TLS",
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "API_ERROR",
+    "INVALID_RESPONSE",
+    "INVALID_KUBECONFIG",
+)
 
 
 @dataclass(frozen=True)

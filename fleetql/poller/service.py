@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
+from fleetql.metrics.instruments import Metrics
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.worker import Poller, Publish, publish_nothing
 
@@ -24,15 +25,25 @@ async def running_poller(
     sessions: async_sessionmaker[AsyncSession],
     cipher: KubeconfigCipher,
     publish: Publish = publish_nothing,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Poller]:
     """Start the poller and the pool's idle cleanup as owned tasks; on exit stop both (the
-    poller releasing the claims it holds), then close every client."""
+    poller releasing the claims it holds), then close every client. ``metrics`` receives the
+    poller's and the pool's instruments."""
     manager = settings.cluster_manager
+    metrics = metrics or Metrics(process_metrics=False)
     async with ClientPool(
-        max_clients=manager.max_clients, idle_timeout=manager.cleanup_interval.total_seconds()
+        max_clients=manager.max_clients,
+        idle_timeout=manager.cleanup_interval.total_seconds(),
+        metrics=metrics.pool,
     ) as pool:
         poller = Poller(
-            sessions=sessions, cipher=cipher, settings=settings.poller, pool=pool, publish=publish
+            sessions=sessions,
+            cipher=cipher,
+            settings=settings.poller,
+            pool=pool,
+            publish=publish,
+            metrics=metrics.poller,
         )
         tasks = [
             asyncio.create_task(_supervised("poller.run", poller.run), name="poller.run"),

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,10 +33,11 @@ from fleetql.db.states import (
     release_claims,
 )
 from fleetql.logs import log_context
+from fleetql.metrics.instruments import PollerMetrics
 from fleetql.poller.assessment import damp, failed_values, observed_values
 from fleetql.poller.client import build_api_client
 from fleetql.poller.pool import ClientPool
-from fleetql.poller.probe import CheckFailed, probe
+from fleetql.poller.probe import ERROR_CODES, CheckFailed, probe
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +74,16 @@ class Poller:
     lease_margin: timedelta = timedelta(seconds=30)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     stats: PollerStats = field(default_factory=PollerStats)
+    metrics: PollerMetrics = field(default_factory=PollerMetrics)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     # Clusters claimed and not yet recorded: what ``stop`` gives back.
     _claimed: set[uuid.UUID] = field(default_factory=set)
     _runner: asyncio.Task[Any] | None = None
     _stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.metrics.declare_results(("ok", *ERROR_CODES))
 
     @property
     def lease(self) -> timedelta:
@@ -100,6 +106,7 @@ class Poller:
                         backoff = 1.0
                     except (OSError, OperationalError, DBAPIError) as error:
                         self.stats.database_errors += 1
+                        self.metrics.database_errors.inc()
                         logger.warning(
                             "cannot claim clusters (%s); retrying in %.0fs",
                             type(error).__name__,
@@ -184,10 +191,14 @@ class Poller:
     async def _check(self, due: DueCluster) -> None:
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        self.metrics.in_flight.inc()
+        started = time.perf_counter()
         try:
-            values, heartbeat, next_check_in = await self._observe(due)
+            values, heartbeat, next_check_in, result = await self._observe(due)
         finally:
             self.stats.in_flight -= 1
+            self.metrics.in_flight.dec()
+        self.metrics.observe_check(result, time.perf_counter() - started)
         self.stats.checks += 1
         try:
             async with self.sessions() as session:
@@ -199,12 +210,15 @@ class Poller:
         except (OSError, OperationalError, DBAPIError) as error:
             # The claim's lease expires and the cluster is checked again: nothing is lost.
             self.stats.database_errors += 1
+            self.metrics.database_errors.inc()
             logger.warning("cannot record the check of %s: %s", due.name, type(error).__name__)
             return
         if change is not None:
             await self.publish(change)
 
-    async def _observe(self, due: DueCluster) -> tuple[dict[str, object], bool, timedelta]:
+    async def _observe(self, due: DueCluster) -> tuple[dict[str, object], bool, timedelta, str]:
+        """The new column values, whether the check succeeded, when to check next, and the
+        result (``ok`` or the error code)."""
         timeout = self.settings.client_timeout.total_seconds()
         try:
             # Decrypted and parsed only when a client is built: a pooled one needs neither.
@@ -221,11 +235,12 @@ class Poller:
             )
             values = self._damp(failed_values(failure, consecutive_failures=failures), due)
             retrying = failures <= self.settings.retry_attempts or bool(values["pending_status"])
-            return values, False, self.settings.retry_delay if retrying else self._interval(due)
+            delay = self.settings.retry_delay if retrying else self._interval(due)
+            return values, False, delay, failure.error.code
         values = self._damp(observed_values(observation), due)
         # A status seen once is confirmed (or not) soon, not a whole interval later.
         pending = values["pending_status"] is not None
-        return values, True, self.settings.retry_delay if pending else self._interval(due)
+        return values, True, self.settings.retry_delay if pending else self._interval(due), "ok"
 
     def _damp(self, values: dict[str, object], due: DueCluster) -> dict[str, object]:
         return damp(

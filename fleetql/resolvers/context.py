@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,6 +15,7 @@ from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
 from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
+from fleetql.metrics.instruments import Metrics
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Services:
     relay: EventRelay
     authenticator: Authenticator
     socket_guard: SocketGuard
+    # This app's instruments, on a registry of its own; ``/metrics`` renders them.
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(eq=False)

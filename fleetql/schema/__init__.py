@@ -20,6 +20,7 @@ from strawberry.types import ExecutionContext
 from fleetql.config import ServerSettings
 from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.execution import PerEventExecutionContext
+from fleetql.schema.instrumentation import OperationMetrics
 from fleetql.schema.limits import query_limits_rule
 from fleetql.schema.mutation import Mutation
 from fleetql.schema.permissions import check_every_root_field
@@ -88,6 +89,8 @@ def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
             lambda: AddValidationRules([limits]),
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),
+            # Before MaskErrors, so that it sees (and sorts) errors before they are masked.
+            lambda: OperationMetrics(unexpected=is_unexpected),
             lambda: MaskErrors(
                 should_mask_error=is_unexpected,
                 error_message="Internal error; the server log has it under this request's id.",
