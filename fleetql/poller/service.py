@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
+from fleetql.poller.client import ClientPolicy
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.worker import Poller, Publish, publish_nothing
 
@@ -32,7 +33,12 @@ async def running_poller(
         max_clients=manager.max_clients, idle_timeout=manager.cleanup_interval.total_seconds()
     ) as pool:
         poller = Poller(
-            sessions=sessions, cipher=cipher, settings=settings.poller, pool=pool, publish=publish
+            sessions=sessions,
+            cipher=cipher,
+            settings=settings.poller,
+            pool=pool,
+            publish=publish,
+            client_policy=ClientPolicy.from_settings(settings),
         )
         tasks = [
             asyncio.create_task(_supervised("poller.run", poller.run), name="poller.run"),
