@@ -199,6 +199,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _poll(args: argparse.Namespace) -> int:
     from fleetql.app import open_services
+    from fleetql.poller.client import ClientPolicy
     from fleetql.poller.pool import ClientPool
     from fleetql.poller.service import running_poller
     from fleetql.poller.worker import Poller
@@ -217,6 +218,7 @@ def _poll(args: argparse.Namespace) -> int:
                         settings=settings.poller,
                         pool=pool,
                         publish=services.relay.wake_after,
+                        client_policy=ClientPolicy.from_settings(settings),
                     )
                     logger.info("checked %d clusters", await poller.sweep())
                 return

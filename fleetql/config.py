@@ -139,6 +139,16 @@ class PollerSettings(_Section):
 
 class ClusterManagerSettings(_Section):
     max_kubeconfig_bytes: int = Field(default=512 * 1024, ge=1024)
+    # Accept kubeconfigs with `insecure-skip-tls-verify: true` (never together with a CA). Off:
+    # an unverified connection hands the cluster's credential to whoever answers.
+    allow_insecure_tls: bool = False
+    # Bounds on every call to a cluster, besides poller.client_timeout on the whole request:
+    # TCP connect + TLS handshake, each gap between reads, the decompressed answer.
+    connect_timeout: Duration = timedelta(seconds=3)
+    read_timeout: Duration = timedelta(seconds=10)
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    # A 429 or 503 with Retry-After is waited for, up to this much waiting per check.
+    max_retry_after: Duration = timedelta(seconds=10)
     max_page_size: int = Field(default=500, ge=1)
     # The client pool: at most this many cluster clients open, each closed when idle this long.
     max_clients: int = Field(default=100, ge=1)

@@ -1,16 +1,19 @@
 """Safe parsing of an imported kubeconfig.
 
-A kubeconfig is untrusted input that later drives connections made from the server, so it is
-reduced to the one context the user chose, holding embedded credentials only. Anything that would
-run a program or read a file on the server (exec, auth-provider, tokenFile, file paths) is refused,
-and no secret value ever reaches an error message or a repr.
+A kubeconfig is untrusted input that later drives connections made from the server, so fleetql
+never hands one to kubernetes_asyncio's loader (which reads ``tokenFile`` from the server's disk,
+starts ``exec`` plugins with the server's environment, honours ``proxy-url`` and writes ``*-data``
+to temporary files that stay until the process exits; Flux had exactly this as CVE-2022-24817).
+It is reduced to the one context the user chose, from validated fields only, with embedded
+credentials only; everything that would run a program, read a file, change where requests go or
+weaken TLS is refused with a specific code, and no secret value ever reaches an error message or
+a repr. The same rules are applied again to a stored kubeconfig before the poller uses it.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,29 +22,45 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent, ScalarEvent
-from yaml.nodes import MappingNode, Node, ScalarNode
+
+from fleetql.yamlsafe import UnsafeYamlError, load_untrusted_yaml
 
 # libyaml's emitter when the wheel has it: about 8 times faster than the pure-Python one, and
 # every import and update serialises the kubeconfig it stores.
 _SAFE_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 DEFAULT_MAX_BYTES = 512 * 1024
+# A service-account JWT is about 1 KiB; more than this is not a bearer token.
+MAX_TOKEN_BYTES = 16 * 1024
+# A CA bundle names the few authorities that sign one API server's certificate.
+MAX_CA_CERTIFICATES = 64
+
+# The codes a refused kubeconfig is reported with (the userError ``code``); README lists them.
+ERROR_CODES = frozenset(
+    {
+        "INVALID_BASE64",
+        "INVALID_KUBECONFIG",
+        "UNSUPPORTED_AUTH",
+        "UNSUPPORTED_PROXY",
+        "INSECURE_TLS",
+        "INVALID_SERVER",
+        "INVALID_CREDENTIAL",
+        "INVALID_CA",
+        "TOO_LARGE",
+    }
+)
 
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+", re.ASCII)
 _WHITESPACE = re.compile(r"\s+", re.ASCII)
-# A kubeconfig is about six levels deep; deeper nesting only serves to exhaust the stack.
-_MAX_DEPTH = 32
-_MAX_NAMES_LISTED = 20
-_YAML_TAG = "tag:yaml.org,2002:"
-# JSON-compatible tags only: !!binary, !!timestamp, !!set and friends build values that have no
-# place in a kubeconfig and that kubectl would not read either.
-_ALLOWED_TAGS = frozenset(
-    {"!"} | {_YAML_TAG + name for name in ("str", "int", "float", "bool", "null", "seq", "map")}
+# What HTTP allows in a header value and a bearer token needs: visible ASCII, no spaces.
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]+", re.ASCII)
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL | re.ASCII
 )
+_MAX_NAMES_LISTED = 20
 _ACCEPTED = (
-    "fleetql only accepts embedded credentials: "
-    "token, client-certificate-data/client-key-data or username/password"
+    "fleetql only accepts embedded credentials: token or client-certificate-data/client-key-data"
 )
 _FLATTEN_HINT = "`kubectl config view --raw --minify --flatten` embeds referenced files"
 # Keys of the selected user that make kubectl run a program or read a file; refused, not dropped,
@@ -57,15 +76,14 @@ _IMPERSONATION = ("as", "as-uid", "as-groups", "as-user-extra")
 _CREDENTIAL_LABELS = {
     "token": "token",
     "client-certificate": "client-certificate-data/client-key-data",
-    "basic": "username/password",
 }
 
 
 class KubeconfigError(Exception):
     """An expected refusal; its code/field/message go to the GraphQL client as a userError.
 
-    Codes: INVALID_BASE64, INVALID_KUBECONFIG, UNSUPPORTED_AUTH, TOO_LARGE. Field is
-    ``kubeconfig`` or ``context``. Messages never contain a secret value from the input.
+    ``code`` is one of :data:`ERROR_CODES`; ``field`` is ``kubeconfig`` or ``context``. Messages
+    name the offending field and never contain a secret value from the input.
     """
 
     def __init__(self, code: str, message: str, field: str = "kubeconfig") -> None:
@@ -84,7 +102,7 @@ class ResolvedKubeconfig:
 
     server: str
     context: str
-    auth_method: str  # "token" | "client-certificate" | "basic"
+    auth_method: str  # "token" | "client-certificate"
     insecure_skip_tls_verify: bool
     document: dict[str, Any] = field(repr=False, hash=False)
 
@@ -135,18 +153,31 @@ def decode_kubeconfig_input(value: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -
 
 
 def parse_kubeconfig(
-    data: bytes, *, context: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes,
+    *,
+    context: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_insecure_tls: bool = False,
 ) -> ResolvedKubeconfig:
     """Resolve one context of a kubeconfig into a minimal, embedded-credentials-only kubeconfig.
 
     ``context`` picks the context; when it is None or empty, ``current-context`` is used.
-    Raises :class:`KubeconfigError` for every refusal.
+    ``allow_insecure_tls`` is ``cluster_manager.allow_insecure_tls``. Raises
+    :class:`KubeconfigError` for every refusal.
     """
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     loaded = _load_yaml(data)
     if loaded is None:
         raise _invalid("kubeconfig is empty")
+    return resolve_document(loaded, context=context, allow_insecure_tls=allow_insecure_tls)
+
+
+def resolve_document(
+    loaded: Any, *, context: str | None = None, allow_insecure_tls: bool = False
+) -> ResolvedKubeconfig:
+    """The rules of :func:`parse_kubeconfig` applied to already-loaded data: the poller runs a
+    stored kubeconfig through them again, so one stored under older, looser rules is not used."""
     if not isinstance(loaded, dict):
         raise _invalid("kubeconfig must be a YAML mapping with clusters, users and contexts")
     clusters = _named_entries(loaded, "clusters", "cluster")
@@ -159,8 +190,10 @@ def parse_kubeconfig(
     cluster, user = clusters[cluster_name], users[user_name]
 
     _refuse_unsupported(cluster_name, cluster, user_name, user)
-    minimal_cluster = _resolve_cluster(cluster_name, cluster)
+    minimal_cluster = _resolve_cluster(cluster_name, cluster, allow_insecure_tls)
     minimal_user, auth_method = _resolve_user(user_name, user)
+    # Everything else (extensions, preferences, the other contexts, clusters and users) is left
+    # behind: it is never stored.
     minimal_context = {"cluster": cluster_name, "user": user_name}
     namespace = _string_field(chosen, "namespace", f"context {_quote(context_name)}")
     if namespace is not None:
@@ -183,94 +216,11 @@ def parse_kubeconfig(
     )
 
 
-class _KubeconfigLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses anchors, aliases, unusual tags, deep nesting and duplicate keys.
-
-    The checks run while composing, event by event, so an alias bomb is refused at its first
-    anchor and never expanded.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
-        if isinstance(event, AliasEvent) or (
-            isinstance(event, NodeEvent) and event.anchor is not None
-        ):
-            raise _invalid("anchors and aliases are not allowed in a kubeconfig")
-        tag = event.tag if isinstance(event, ScalarEvent | CollectionStartEvent) else None
-        if tag is not None and tag not in _ALLOWED_TAGS:
-            raise _invalid(f"YAML tag {_quote(tag)} is not allowed in a kubeconfig")
-        self._depth += 1
-        try:
-            if self._depth > _MAX_DEPTH:
-                raise _invalid("kubeconfig is nested too deeply")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        # PyYAML keeps the last of duplicate keys silently; kubectl refuses them, and two `token`
-        # keys would let a reviewer see one credential while another is used.
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, ScalarNode):
-                if key_node.value in seen:
-                    raise _invalid(
-                        f"key {_quote(key_node.value)} appears twice in one mapping "
-                        f"(line {key_node.start_mark.line + 1})"
-                    )
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep)
-
-
-def _json_like_resolvers() -> dict[Any, Any]:
-    # Only booleans and null are resolved implicitly; every other plain scalar stays the text that
-    # was written, as kubectl reads `password: 0123` into a string (YAML 1.1 would make it 83).
-    keep = {_YAML_TAG + "bool", _YAML_TAG + "null"}
-    resolvers: dict[Any, Any] = {}
-    for first, candidates in yaml.SafeLoader.yaml_implicit_resolvers.items():
-        kept = [(tag, pattern) for tag, pattern in candidates if tag in keep]
-        if kept:
-            resolvers[first] = kept
-    return resolvers
-
-
-_KubeconfigLoader.yaml_implicit_resolvers = _json_like_resolvers()
-
-
 def _load_yaml(data: bytes) -> Any:
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _invalid("kubeconfig is not valid UTF-8 text") from None
-    loader: _KubeconfigLoader | None = None
-    # `from None` throughout: PyYAML's own messages quote the surrounding lines, which may hold
-    # a secret, so neither they nor the chained traceback may travel on.
-    try:
-        loader = _KubeconfigLoader(text)
-        if not loader.check_node():
-            return None
-        node = loader.get_node()
-        if loader.check_node():
-            raise _invalid("kubeconfig must hold a single YAML document, not several")
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as error:
-        where = ""
-        if error.problem_mark is not None:
-            mark = error.problem_mark
-            where = f" (line {mark.line + 1}, column {mark.column + 1})"
-        problem = error.problem or "syntax error"
-        raise _invalid(f"kubeconfig is not valid YAML: {problem}{where}") from None
-    except yaml.YAMLError:
-        raise _invalid(
-            "kubeconfig is not valid YAML: it contains characters YAML does not allow"
-        ) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+        return load_untrusted_yaml(data)
+    except UnsafeYamlError as error:
+        raise _invalid(str(error)) from None
 
 
 def _named_entries(document: dict[Any, Any], key: str, inner: str) -> dict[str, dict[Any, Any]]:
@@ -347,7 +297,8 @@ def _reference(
 def _refuse_unsupported(
     cluster_name: str, cluster: dict[Any, Any], user_name: str, user: dict[Any, Any]
 ) -> None:
-    """Refuse, before any credential check, what would make the server run or read something."""
+    """Refuse, before any credential check, what would make the server run or read something,
+    act as someone else, or send its requests elsewhere."""
     user_label = f"user {_quote(user_name)}"
     for key, why, is_file in _USER_REFUSED:
         if _present(user.get(key)):
@@ -362,15 +313,31 @@ def _refuse_unsupported(
                 f"{user_label} uses impersonation ({key}), which fleetql does not support; "
                 "remove it to connect as the credential's own identity",
             )
+    for key in ("username", "password"):
+        if _present(user.get(key)):
+            raise KubeconfigError(
+                "UNSUPPORTED_AUTH",
+                f"{user_label} uses basic authentication ({key}), which Kubernetes removed in "
+                f"1.19; {_ACCEPTED}",
+            )
+    cluster_label = f"cluster {_quote(cluster_name)}"
     if _present(cluster.get("certificate-authority")):
         raise KubeconfigError(
             "UNSUPPORTED_AUTH",
-            f"cluster {_quote(cluster_name)} uses certificate-authority (reads a file on the "
-            f"server); embed the CA as certificate-authority-data instead; {_FLATTEN_HINT}",
+            f"{cluster_label} uses certificate-authority (reads a file on the server); embed "
+            f"the CA as certificate-authority-data instead; {_FLATTEN_HINT}",
+        )
+    if _present(cluster.get("proxy-url")):
+        raise KubeconfigError(
+            "UNSUPPORTED_PROXY",
+            f"{cluster_label} sets proxy-url; fleetql connects to API servers directly and "
+            "never through a proxy named in a kubeconfig: remove proxy-url",
         )
 
 
-def _resolve_cluster(name: str, cluster: dict[Any, Any]) -> dict[str, Any]:
+def _resolve_cluster(
+    name: str, cluster: dict[Any, Any], allow_insecure_tls: bool
+) -> dict[str, Any]:
     label = f"cluster {_quote(name)}"
     server = _string_field(cluster, "server", label)
     if server is None:
@@ -383,16 +350,29 @@ def _resolve_cluster(name: str, cluster: dict[Any, Any]) -> dict[str, Any]:
         raise _invalid(f"{label} insecure-skip-tls-verify must be true or false")
     minimal: dict[str, Any] = {"server": server}
     ca_data = _string_field(cluster, "certificate-authority-data", label)
-    if ca_data is not None:
-        if insecure:
-            raise _invalid(
+    if insecure:
+        if ca_data is not None:
+            raise KubeconfigError(
+                "INSECURE_TLS",
                 f"{label} sets both certificate-authority-data and insecure-skip-tls-verify; "
-                "remove one (kubectl refuses this combination too)"
+                "remove insecure-skip-tls-verify (kubectl refuses this combination too)",
             )
-        what = f"{label} certificate-authority-data"
-        ca_pem = _decode_embedded(ca_data, what)
-        _load_certificates(ca_pem, what)
-        minimal["certificate-authority-data"] = _encode_embedded(ca_pem)
+        if not allow_insecure_tls:
+            raise KubeconfigError(
+                "INSECURE_TLS",
+                f"{label} sets insecure-skip-tls-verify: true, which this server does not allow "
+                "(cluster_manager.allow_insecure_tls); embed the cluster's CA as "
+                "certificate-authority-data instead",
+            )
+    server_name = _string_field(cluster, "tls-server-name", label)
+    if server_name is not None:
+        if not _is_dns_name(server_name):
+            raise KubeconfigError(
+                "INVALID_SERVER", f"{label} tls-server-name must be a DNS name (like k8s.internal)"
+            )
+        minimal["tls-server-name"] = server_name.lower()
+    if ca_data is not None:
+        minimal["certificate-authority-data"] = _encode_embedded(_ca_bundle(label, ca_data))
     elif insecure:
         minimal["insecure-skip-tls-verify"] = True
     # With neither, the system's trusted CAs verify the server.
@@ -402,18 +382,51 @@ def _resolve_cluster(name: str, cluster: dict[Any, Any]) -> dict[str, Any]:
 def _check_server(label: str, server: str) -> None:
     # The URL itself is not echoed: it might carry credentials in its userinfo.
     if any(char.isspace() or not char.isprintable() for char in server):
-        raise _invalid(f"{label} server contains whitespace or control characters")
+        raise _bad_server(f"{label} server contains whitespace or control characters")
     try:
         parts = urlsplit(server)
         parts.port  # noqa: B018 - parsing the port is what validates it
     except ValueError:
-        raise _invalid(f"{label} server is not a valid URL") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise _invalid(f"{label} server must be an https:// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise _invalid(f"{label} server URL must not contain a username or password")
-    if parts.query or parts.fragment:
-        raise _invalid(f"{label} server URL must not have a query or fragment")
+        raise _bad_server(f"{label} server is not a valid URL") from None
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise _bad_server(f"{label} server must be an https:// URL with a host")
+    if "@" in parts.netloc:
+        raise _bad_server(f"{label} server URL must not contain a username or password")
+    if parts.query or parts.fragment or "?" in server or "#" in server:
+        raise _bad_server(f"{label} server URL must not have a query or fragment")
+
+
+def _is_dns_name(name: str) -> bool:
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(part) for part in labels)
+
+
+def _ca_bundle(label: str, ca_data: str) -> bytes:
+    """The bundle's certificates, re-encoded: only CERTIFICATE blocks, each one parsed, at most
+    MAX_CA_CERTIFICATES. Text between blocks (comments in a bundle) is dropped."""
+    what = f"{label} certificate-authority-data"
+    try:
+        pem = _strict_base64(_WHITESPACE.sub("", ca_data))
+    except (binascii.Error, ValueError):
+        raise _bad_ca(f"{what} is not valid base64") from None
+    blocks = list(_PEM_BLOCK.finditer(pem))
+    if not blocks:
+        raise _bad_ca(f"{what} does not contain a PEM certificate")
+    if pem.count(b"-----BEGIN ") != len(blocks):
+        raise _bad_ca(f"{what} holds a PEM block without its END line (cut short?)")
+    if len(blocks) > MAX_CA_CERTIFICATES:
+        raise _bad_ca(
+            f"{what} holds {len(blocks)} PEM blocks; at most {MAX_CA_CERTIFICATES} certificates "
+            "(the authorities that sign this API server's certificate)"
+        )
+    kinds = {block.group(1).decode("ascii") for block in blocks} - {"CERTIFICATE"}
+    if kinds:
+        raise _bad_ca(f"{what} must hold only PEM certificates, not {', '.join(sorted(kinds))}")
+    try:
+        certificates = [x509.load_pem_x509_certificate(block.group(0)) for block in blocks]
+    except ValueError:
+        raise _bad_ca(f"{what} does not contain a valid PEM certificate") from None
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certificates)
 
 
 def _resolve_user(name: str, user: dict[Any, Any]) -> tuple[dict[str, Any], str]:
@@ -421,45 +434,46 @@ def _resolve_user(name: str, user: dict[Any, Any]) -> tuple[dict[str, Any], str]
     token = _string_field(user, "token", label)
     cert = _string_field(user, "client-certificate-data", label)
     key = _string_field(user, "client-key-data", label)
-    username = _string_field(user, "username", label)
-    password = _string_field(user, "password", label)
     kinds = [
         kind
         for kind, present in (
             ("token", token is not None),
             ("client-certificate", cert is not None or key is not None),
-            ("basic", username is not None or password is not None),
         )
         if present
     ]
     if not kinds:
-        raise _invalid(
-            f"{label} has no credentials (token, client certificate or username/password)"
-        )
+        raise _invalid(f"{label} has no credentials (token or client certificate)")
     if len(kinds) > 1:
         found = " and ".join(_CREDENTIAL_LABELS[kind] for kind in kinds)
         raise _invalid(f"{label} has more than one kind of credential ({found}); keep exactly one")
     if token is not None:
+        _check_token(label, token)
         return {"token": token}, "token"
-    if cert is not None or key is not None:
-        if cert is None or key is None:
-            have, missing = (
-                ("client-certificate-data", "client-key-data")
-                if key is None
-                else ("client-key-data", "client-certificate-data")
-            )
-            raise _invalid(f"{label} has {have} but no {missing}")
-        cert_pem = _decode_embedded(cert, f"{label} client-certificate-data")
-        key_pem = _decode_embedded(key, f"{label} client-key-data")
-        _check_client_pair(label, cert_pem, key_pem)
-        return {
-            "client-certificate-data": _encode_embedded(cert_pem),
-            "client-key-data": _encode_embedded(key_pem),
-        }, "client-certificate"
-    if username is None or password is None:
-        have, missing = ("username", "password") if password is None else ("password", "username")
+    if cert is None or key is None:
+        have, missing = (
+            ("client-certificate-data", "client-key-data")
+            if key is None
+            else ("client-key-data", "client-certificate-data")
+        )
         raise _invalid(f"{label} has {have} but no {missing}")
-    return {"username": username, "password": password}, "basic"
+    cert_pem = _decode_embedded(cert, f"{label} client-certificate-data")
+    key_pem = _decode_embedded(key, f"{label} client-key-data")
+    _check_client_pair(label, cert_pem, key_pem)
+    return {
+        "client-certificate-data": _encode_embedded(cert_pem),
+        "client-key-data": _encode_embedded(key_pem),
+    }, "client-certificate"
+
+
+def _check_token(label: str, token: str) -> None:
+    # Sent as an HTTP header: a CR or LF would let it add headers of its own.
+    if len(token.encode("utf-8")) > MAX_TOKEN_BYTES:
+        raise _bad_credential(f"{label} token is longer than {MAX_TOKEN_BYTES // 1024} KiB")
+    if not _TOKEN_TEXT.fullmatch(token):
+        raise _bad_credential(
+            f"{label} token contains control characters, spaces or non-ASCII characters"
+        )
 
 
 def _check_client_pair(label: str, cert_pem: bytes, key_pem: bytes) -> None:
@@ -468,25 +482,25 @@ def _check_client_pair(label: str, cert_pem: bytes, key_pem: bytes) -> None:
     key_what = f"{label} client-key-data"
     certificate = _load_certificates(cert_pem, cert_what)[0]
     if b"PRIVATE KEY-----" not in key_pem:
-        raise _invalid(f"{key_what} is not a PEM private key")
+        raise _bad_credential(f"{key_what} is not a PEM private key")
     try:
         private_key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
-        raise _invalid(
+        raise _bad_credential(
             f"{key_what} is encrypted with a passphrase; fleetql needs an unencrypted key"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise _invalid(f"{key_what} is not a valid PEM private key") from None
+        raise _bad_credential(f"{key_what} is not a valid PEM private key") from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if certificate.public_key().public_bytes(*spki) != private_key.public_key().public_bytes(*spki):
-        raise _invalid(f"{key_what} does not match client-certificate-data")
+        raise _bad_credential(f"{key_what} does not match client-certificate-data")
 
 
 def _decode_embedded(value: str, what: str) -> bytes:
     try:
         return _strict_base64(_WHITESPACE.sub("", value))
     except (binascii.Error, ValueError):
-        raise _invalid(f"{what} is not valid base64") from None
+        raise _bad_credential(f"{what} is not valid base64") from None
 
 
 def _strict_base64(compact: str) -> bytes:
@@ -503,11 +517,11 @@ def _encode_embedded(data: bytes) -> str:
 
 def _load_certificates(pem: bytes, what: str) -> list[x509.Certificate]:
     if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise _invalid(f"{what} does not contain a PEM certificate")
+        raise _bad_credential(f"{what} does not contain a PEM certificate")
     try:
         return x509.load_pem_x509_certificates(pem)
     except ValueError:
-        raise _invalid(f"{what} does not contain a valid PEM certificate") from None
+        raise _bad_credential(f"{what} does not contain a valid PEM certificate") from None
 
 
 def _string_field(mapping: dict[Any, Any], key: str, owner: str) -> str | None:
@@ -545,6 +559,18 @@ def _base64_length(size: int) -> int:
 
 def _invalid(message: str, field: str = "kubeconfig") -> KubeconfigError:
     return KubeconfigError("INVALID_KUBECONFIG", message, field)
+
+
+def _bad_server(message: str) -> KubeconfigError:
+    return KubeconfigError("INVALID_SERVER", message)
+
+
+def _bad_ca(message: str) -> KubeconfigError:
+    return KubeconfigError("INVALID_CA", message)
+
+
+def _bad_credential(message: str) -> KubeconfigError:
+    return KubeconfigError("INVALID_CREDENTIAL", message)
 
 
 def _too_large(max_bytes: int) -> KubeconfigError:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +20,16 @@ from cryptography.x509.oid import NameOID
 
 from fleetql.kubeconfig import (
     DEFAULT_MAX_BYTES,
+    ERROR_CODES,
+    MAX_CA_CERTIFICATES,
+    MAX_TOKEN_BYTES,
     KubeconfigError,
     ResolvedKubeconfig,
     decode_kubeconfig_input,
     parse_kubeconfig,
+    resolve_document,
 )
+from fleetql.yamlsafe import MAX_DEPTH
 
 TOKEN = "tok-5ecret-e2b8c1d0a9f7"
 PASSWORD = "pa55-5ecret-77d1e0"
@@ -134,29 +141,32 @@ def test_client_certificate_kubeconfig_keeps_the_embedded_pair() -> None:
     assert resolved.document["users"][0]["user"] == user
 
 
-def test_basic_auth_kubeconfig_keeps_username_and_password() -> None:
-    resolved = parse_kubeconfig(_dump(_config({"username": "admin", "password": PASSWORD})))
-
-    assert resolved.auth_method == "basic"
-    assert resolved.document["users"][0]["user"] == {"username": "admin", "password": PASSWORD}
-
-
-def test_numeric_looking_password_stays_the_text_written() -> None:
-    data = _dump(_config({"username": "admin", "password": "PLACEHOLDER"}))
-    data = data.replace(b"PLACEHOLDER", b"0123")
+def test_numeric_looking_token_stays_the_text_written() -> None:
+    data = _dump(_config({"token": "PLACEHOLDER"})).replace(b"PLACEHOLDER", b"0123")
 
     resolved = parse_kubeconfig(data)
 
-    assert resolved.document["users"][0]["user"]["password"] == "0123"
+    assert resolved.document["users"][0]["user"]["token"] == "0123"
 
 
-def test_insecure_cluster_without_ca_is_accepted_and_reported() -> None:
+def test_insecure_cluster_without_ca_is_accepted_only_when_the_server_allows_it() -> None:
+    # Issue 2 accepted this always; issue 8 needs cluster_manager.allow_insecure_tls.
     cluster = {"server": SERVER, "insecure-skip-tls-verify": True}
 
-    resolved = parse_kubeconfig(_dump(_config({"token": TOKEN}, cluster)))
+    resolved = parse_kubeconfig(_dump(_config({"token": TOKEN}, cluster)), allow_insecure_tls=True)
 
     assert resolved.insecure_skip_tls_verify is True
     assert resolved.document["clusters"][0]["cluster"] == cluster
+
+
+def test_insecure_cluster_is_refused_by_default_with_insecure_tls() -> None:
+    cluster = {"server": SERVER, "insecure-skip-tls-verify": True}
+
+    error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
+
+    assert error.code == "INSECURE_TLS"
+    assert "insecure-skip-tls-verify" in error.message
+    assert "allow_insecure_tls" in error.message
 
 
 def test_cluster_without_ca_or_insecure_flag_relies_on_system_trust() -> None:
@@ -173,8 +183,8 @@ def test_minimal_document_keeps_one_cluster_user_and_context() -> None:
     cluster = {
         "server": SERVER,
         "certificate-authority-data": CA_DATA,
-        "tls-server-name": "internal.example.com",
-        "proxy-url": "http://proxy.example.com:3128",
+        "tls-server-name": "Internal.Example.com",
+        "disable-compression": True,
         "extensions": [{"name": "x", "extension": {}}],
     }
 
@@ -186,7 +196,11 @@ def test_minimal_document_keeps_one_cluster_user_and_context() -> None:
         "clusters": [
             {
                 "name": "dev-cluster",
-                "cluster": {"server": SERVER, "certificate-authority-data": CA_DATA},
+                "cluster": {
+                    "server": SERVER,
+                    "tls-server-name": "internal.example.com",
+                    "certificate-authority-data": CA_DATA,
+                },
             }
         ],
         "users": [{"name": "dev", "user": {"token": TOKEN}}],
@@ -216,7 +230,6 @@ def test_repr_of_resolved_kubeconfig_holds_no_secret() -> None:
     user = {"client-certificate-data": CLIENT_CERT_DATA, "client-key-data": CLIENT_KEY_DATA}
     for resolved in (
         parse_kubeconfig(_dump(_config({"token": TOKEN}))),
-        parse_kubeconfig(_dump(_config({"username": "admin", "password": PASSWORD}))),
         parse_kubeconfig(_dump(_config(user))),
     ):
         text = repr(resolved)
@@ -435,7 +448,7 @@ def test_user_that_runs_or_reads_on_the_server_is_refused_with_unsupported_auth(
     assert error.code == "UNSUPPORTED_AUTH"
     assert error.message.startswith(f"user 'dev' uses {key} (")
     assert reason in error.message
-    assert "token, client-certificate-data/client-key-data or username/password" in error.message
+    assert "token or client-certificate-data/client-key-data" in error.message
 
 
 def test_exec_plugin_alone_is_refused_with_unsupported_auth() -> None:
@@ -455,10 +468,68 @@ def test_certificate_authority_file_is_refused_with_unsupported_auth() -> None:
     assert "certificate-authority-data" in error.message
 
 
-def test_impersonation_is_refused_rather_than_silently_dropped() -> None:
-    error = _refusal(_dump(_config({"token": TOKEN, "as": "system:admin"})))
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("as", "system:admin"),
+        ("as-uid", "1234"),
+        ("as-groups", ["system:masters"]),
+        ("as-user-extra", {"scopes": ["all"]}),
+    ],
+)
+def test_impersonation_is_refused_rather_than_silently_dropped(key: str, value: Any) -> None:
+    error = _refusal(_dump(_config({"token": TOKEN, key: value})))
 
     assert error.code == "UNSUPPORTED_AUTH"
+    assert f"impersonation ({key})" in error.message
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"username": "admin", "password": PASSWORD},
+        {"username": "admin"},
+        {"password": PASSWORD},
+        {"token": TOKEN, "username": "admin", "password": PASSWORD},
+    ],
+)
+def test_basic_auth_is_refused_with_unsupported_auth(user: dict[str, str]) -> None:
+    # Issue 2 accepted username/password; issue 8 refuses it (removed in Kubernetes 1.19).
+    error = _refusal(_dump(_config(user)))
+
+    assert error.code == "UNSUPPORTED_AUTH"
+    assert error.message.startswith("user 'dev' uses basic authentication (")
+    assert "1.19" in error.message
+
+
+@pytest.mark.parametrize(
+    "auth_provider",
+    [
+        {"name": "oidc", "config": {"idp-issuer-url": "https://issuer", "id-token": TOKEN}},
+        {"name": "gcp", "config": {"cmd-path": "/usr/bin/gcloud"}},
+        {"name": "azure", "config": {"apiserver-id": "x"}},
+        {"name": "anything-else"},
+    ],
+)
+def test_every_auth_provider_is_refused(auth_provider: dict[str, Any]) -> None:
+    error = _refusal(_dump(_config({"token": TOKEN, "auth-provider": auth_provider})))
+
+    assert error.code == "UNSUPPORTED_AUTH"
+    assert "auth-provider" in error.message
+
+
+def test_proxy_url_is_refused_with_unsupported_proxy() -> None:
+    cluster = {
+        "server": SERVER,
+        "certificate-authority-data": CA_DATA,
+        "proxy-url": "http://proxy.example.com:3128",
+    }
+
+    error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
+
+    assert error.code == "UNSUPPORTED_PROXY"
+    assert "proxy-url" in error.message
+    assert "proxy.example.com" not in error.message
 
 
 def test_refused_forms_in_unselected_users_do_not_matter() -> None:
@@ -487,12 +558,18 @@ def test_cluster_without_server_is_refused() -> None:
         "https://admin:hunter2@k8s.example.com",
         "https://k8s.example.com:99999",
         "https://k8s.example.com/?token=abc",
+        "https://k8s.example.com/#frag",
+        "https://k8s.example.com/?",
+        "https://@k8s.example.com",
+        "https://user@k8s.example.com",
+        "http://k8s.example.com:6443",
+        "HTTP://k8s.example.com",
     ],
 )
 def test_server_that_is_not_a_plain_https_url_is_refused_without_echoing_it(server: str) -> None:
     error = _refusal(_dump(_config({"token": TOKEN}, {"server": server})))
 
-    assert error.code == "INVALID_KUBECONFIG"
+    assert error.code == "INVALID_SERVER"
     assert error.message.startswith("cluster 'dev-cluster' server")
     assert server not in error.message
 
@@ -504,31 +581,110 @@ def test_ca_data_together_with_insecure_skip_tls_verify_is_refused() -> None:
         "insecure-skip-tls-verify": True,
     }
 
-    error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
-
-    assert error.code == "INVALID_KUBECONFIG"
-    assert "insecure-skip-tls-verify" in error.message
+    for allowed in (False, True):
+        with pytest.raises(KubeconfigError) as caught:
+            parse_kubeconfig(_dump(_config({"token": TOKEN}, cluster)), allow_insecure_tls=allowed)
+        assert caught.value.code == "INSECURE_TLS"
+        assert "both certificate-authority-data and insecure-skip-tls-verify" in (
+            caught.value.message
+        )
 
 
 @pytest.mark.parametrize(
-    "ca_data", ["not base64!", _b64(b"just some bytes"), _b64(b"-----BEGIN CERTIFICATE-----\nx")]
+    "ca_data",
+    [
+        "not base64!",
+        _b64(b"just some bytes"),
+        _b64(b"-----BEGIN CERTIFICATE-----\nx"),
+        _b64(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        _b64(CA_PEM + CA_PEM[: len(CA_PEM) // 2]),
+    ],
 )
 def test_ca_data_that_is_not_a_base64_pem_certificate_is_refused(ca_data: str) -> None:
     cluster = {"server": SERVER, "certificate-authority-data": ca_data}
 
     error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
 
-    assert error.code == "INVALID_KUBECONFIG"
+    assert error.code == "INVALID_CA"
     assert "certificate-authority-data" in error.message
+
+
+def test_ca_bundle_holding_a_private_key_is_refused_without_storing_it() -> None:
+    cluster = {"server": SERVER, "certificate-authority-data": _b64(CA_PEM + CLIENT_KEY_PEM)}
+
+    error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
+
+    assert error.code == "INVALID_CA"
+    assert "only PEM certificates, not PRIVATE KEY" in error.message
+
+
+def test_ca_bundle_with_too_many_certificates_is_refused() -> None:
+    bundle = CA_PEM * (MAX_CA_CERTIFICATES + 1)
+    cluster = {"server": SERVER, "certificate-authority-data": _b64(bundle)}
+
+    error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
+
+    assert error.code == "INVALID_CA"
+    assert f"at most {MAX_CA_CERTIFICATES}" in error.message
+
+
+def test_ca_bundle_keeps_its_certificates_and_drops_comments_between_them() -> None:
+    bundle = b"# issuer: test-ca\n" + CA_PEM + b"subject=other\n" + CLIENT_CERT_PEM
+    cluster = {"server": SERVER, "certificate-authority-data": _b64(bundle)}
+
+    resolved = parse_kubeconfig(_dump(_config({"token": TOKEN}, cluster)))
+
+    stored = resolved.document["clusters"][0]["cluster"]["certificate-authority-data"]
+    assert base64.b64decode(stored) == CA_PEM + CLIENT_CERT_PEM
+
+
+@pytest.mark.parametrize(
+    "name", ["bad name", "-leading.example.com", "a..b", "x" * 64 + ".com", "k8s_internal", "é.com"]
+)
+def test_tls_server_name_that_is_not_a_dns_name_is_refused(name: str) -> None:
+    cluster = {"server": SERVER, "certificate-authority-data": CA_DATA, "tls-server-name": name}
+
+    error = _refusal(_dump(_config({"token": TOKEN}, cluster)))
+
+    assert error.code == "INVALID_SERVER"
+    assert "tls-server-name must be a DNS name" in error.message
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "abc\ndef",
+        "abc\r\nX-Injected: 1",
+        "abc\x00",
+        "abc\tdef",
+        "abc def",
+        "tok\x7f",
+        "tok\u0085",
+        "tökén",
+    ],
+)
+def test_token_with_control_characters_is_refused_without_echoing_it(token: str) -> None:
+    error = _refusal(_dump(_config({"token": token})))
+
+    assert error.code == "INVALID_CREDENTIAL"
+    assert error.message == (
+        "user 'dev' token contains control characters, spaces or non-ASCII characters"
+    )
+
+
+def test_token_over_16_kib_is_refused() -> None:
+    assert parse_kubeconfig(_dump(_config({"token": "a" * MAX_TOKEN_BYTES}))).auth_method
+    error = _refusal(_dump(_config({"token": "a" * (MAX_TOKEN_BYTES + 1)})))
+
+    assert error.code == "INVALID_CREDENTIAL"
+    assert "longer than 16 KiB" in error.message
 
 
 def test_user_without_credentials_is_refused() -> None:
     error = _refusal(_dump(_config({})))
 
     assert error.code == "INVALID_KUBECONFIG"
-    assert error.message == (
-        "user 'dev' has no credentials (token, client certificate or username/password)"
-    )
+    assert error.message == "user 'dev' has no credentials (token or client certificate)"
 
 
 @pytest.mark.parametrize(
@@ -536,8 +692,6 @@ def test_user_without_credentials_is_refused() -> None:
     [
         ({"client-certificate-data": CLIENT_CERT_DATA}, "client-key-data"),
         ({"client-key-data": CLIENT_KEY_DATA}, "client-certificate-data"),
-        ({"username": "admin"}, "password"),
-        ({"password": PASSWORD}, "username"),
     ],
 )
 def test_half_a_credential_pair_is_refused_naming_the_missing_half(
@@ -549,7 +703,9 @@ def test_half_a_credential_pair_is_refused_naming_the_missing_half(
 
 
 def test_two_kinds_of_credentials_are_refused() -> None:
-    error = _refusal(_dump(_config({"token": TOKEN, "username": "admin", "password": PASSWORD})))
+    user = {"token": TOKEN, "client-certificate-data": CLIENT_CERT_DATA}
+
+    error = _refusal(_dump(_config({**user, "client-key-data": CLIENT_KEY_DATA})))
 
     assert error.code == "INVALID_KUBECONFIG"
     assert "more than one kind of credential" in error.message
@@ -560,6 +716,7 @@ def test_client_key_that_does_not_match_the_certificate_is_refused() -> None:
 
     error = _refusal(_dump(_config(user)))
 
+    assert error.code == "INVALID_CREDENTIAL"
     assert "does not match" in error.message
     assert _b64(OTHER_KEY_PEM) not in error.message
 
@@ -573,11 +730,11 @@ def test_client_key_that_is_not_a_pem_key_is_refused() -> None:
 
 
 def test_secret_typed_as_a_non_string_is_refused_without_echoing_it() -> None:
-    data = _dump(_config({"username": "admin", "password": "PLACEHOLDER"}))
+    data = _dump(_config({"token": "PLACEHOLDER"}))
 
     error = _refusal(data.replace(b"PLACEHOLDER", b"[hunter2]"))
 
-    assert "password must be a string" in error.message
+    assert "token must be a string" in error.message
     assert "hunter2" not in error.message
 
 
@@ -626,10 +783,73 @@ def test_non_standard_yaml_tags_are_refused(tagged: bytes) -> None:
     assert "tag" in error.message
 
 
-def test_standard_string_tag_is_allowed() -> None:
-    data = _dump(_config({"token": TOKEN})).replace(b"kind: Config", b"kind: !!str Config")
+@pytest.mark.parametrize("tag", [b"!!str", b"!!map", b"!", b"!<tag:yaml.org,2002:str>"])
+def test_even_standard_yaml_tags_are_refused(tag: bytes) -> None:
+    # Issue 2 allowed JSON-compatible tags; issue 8 refuses every explicit tag.
+    data = _dump(_config({"token": TOKEN})).replace(b"kind: Config", b"kind: " + tag + b" Config")
 
-    assert parse_kubeconfig(data).context == "dev"
+    error = _refusal(data)
+
+    assert error.code == "INVALID_KUBECONFIG"
+    assert "YAML tag" in error.message
+
+
+def test_merge_key_without_alias_is_refused() -> None:
+    data = _dump(_config({"token": TOKEN})).replace(
+        f"token: {TOKEN}".encode(), f"<<: {{token: {OTHER_TOKEN}}}\n    token: {TOKEN}".encode()
+    )
+
+    error = _refusal(data)
+
+    assert error.code == "INVALID_KUBECONFIG"
+    assert "merge keys (<<) are not allowed" in error.message
+
+
+def test_json_kubeconfig_is_accepted() -> None:
+    data = json.dumps(_config({"token": TOKEN})).encode()
+
+    resolved = parse_kubeconfig(data)
+
+    assert resolved.server == SERVER
+    assert resolved.document["users"] == [{"name": "dev", "user": {"token": TOKEN}}]
+
+
+def test_json_kubeconfig_with_duplicate_keys_is_refused() -> None:
+    data = json.dumps(_config({"token": TOKEN})).replace(
+        '"kind": "Config"', '"kind": "Config", "kind": "Other"'
+    )
+
+    assert "'kind' appears twice" in _refusal(data.encode()).message
+
+
+def test_nesting_beyond_a_small_depth_is_refused() -> None:
+    config = _config({"token": TOKEN})
+    deep: Any = "x"
+    for _ in range(8):
+        deep = {"d": deep}
+    config["clusters"][0]["cluster"]["extensions"] = [{"name": "deep", "extension": deep}]
+
+    error = _refusal(_dump(config))
+
+    assert error.message == f"kubeconfig is nested too deeply (more than {MAX_DEPTH} levels)"
+
+
+def test_a_real_minikube_kubeconfig_with_extensions_is_accepted_and_stripped() -> None:
+    extension = {
+        "name": "cluster_info",
+        "extension": {"last-update": "Mon, 01 Jan 2024", "provider": "minikube.sigs.k8s.io"},
+    }
+    config = _config({"token": TOKEN})
+    config["clusters"][0]["cluster"]["extensions"] = [copy.deepcopy(extension)]
+    config["contexts"][0]["context"]["extensions"] = [copy.deepcopy(extension)]
+    config["users"][0]["user"]["extensions"] = [copy.deepcopy(extension)]
+    config["preferences"] = {"colors": True, "extensions": [copy.deepcopy(extension)]}
+    config["extensions"] = [copy.deepcopy(extension)]
+
+    stored = parse_kubeconfig(_dump(config)).to_yaml()
+
+    assert b"extension" not in stored and b"preferences" not in stored
+    assert b"minikube" not in stored
 
 
 @pytest.mark.parametrize("document", [b"- a\n- b\n", b"just text\n", b"42\n"])
@@ -699,3 +919,37 @@ def test_no_error_message_or_repr_contains_a_secret() -> None:
 
 def test_default_limit_is_half_a_mebibyte() -> None:
     assert DEFAULT_MAX_BYTES == 512 * 1024
+
+
+# A stored kubeconfig, checked again
+
+
+def test_a_stored_document_passes_the_same_rules_again() -> None:
+    resolved = parse_kubeconfig(_dump(_config({"token": TOKEN})))
+
+    assert resolve_document(yaml.safe_load(resolved.to_yaml())) == resolved
+
+
+@pytest.mark.parametrize(
+    ("user", "cluster", "code"),
+    [
+        ({"username": "admin", "password": PASSWORD}, None, "UNSUPPORTED_AUTH"),
+        ({"token": TOKEN}, {"server": SERVER, "insecure-skip-tls-verify": True}, "INSECURE_TLS"),
+        ({"token": TOKEN}, {"server": "http://k8s.example.com"}, "INVALID_SERVER"),
+    ],
+)
+def test_a_document_stored_under_the_old_rules_is_refused(
+    user: dict[str, Any], cluster: dict[str, Any] | None, code: str
+) -> None:
+    with pytest.raises(KubeconfigError) as caught:
+        resolve_document(_config(user, cluster))
+
+    assert caught.value.code == code
+    _assert_no_secret(caught.value)
+
+
+def test_every_error_code_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+
+    for code in ERROR_CODES:
+        assert f"| `{code}` | `kubeconfig`" in readme, code

@@ -1,53 +1,205 @@
-"""Building a kubernetes_asyncio ApiClient from a stored kubeconfig, keeping keys off the disk.
+"""Building a cluster's ApiClient from a stored kubeconfig, with every outbound call bounded.
 
-kubernetes_asyncio's own loader writes certificate and key data to temporary files that stay for
-the life of the process. Python's ``ssl`` can take a CA from memory but only loads a client key
-from a file, so that one file (and its certificate) is written 0600 into a private 0700 folder and
-removed as soon as the TLS context exists, which is when the ApiClient has been constructed.
+fleetql never calls kubernetes_asyncio's kubeconfig loader (it would honour tokenFile, exec,
+proxy-url and more); the client is built here from fields that
+:func:`fleetql.kubeconfig.resolve_document` validated a moment before. That check runs on every
+build, so a kubeconfig stored under older, looser rules (basic auth, insecure TLS) is refused with
+``KUBECONFIG_REFUSED`` rather than used.
+
+kubernetes_asyncio's own REST client is not used either: its aiohttp session trusts the
+environment (proxy variables and ``~/.netrc``), follows redirects with the Authorization header,
+and sets no timeout. :class:`BoundedRestClient` takes its place: no environment, no redirects, a
+connect (TCP + TLS) bound, a bound on each gap between reads, the caller's bound on the whole
+request, and a cap on the decompressed body. The CA is loaded from memory; Python's ``ssl`` only
+loads a client key from a file, so that one file (and its certificate) is written 0600 into a
+private 0700 folder and removed as soon as the TLS context holds them.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import aiohttp
 from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.exceptions import ApiValueError
+from kubernetes_asyncio.client.rest import RESTClientObject, RESTResponse
+
+from fleetql.config import Settings
+from fleetql.kubeconfig import KubeconfigError, resolve_document
+from fleetql.poller.probe import CheckFailed, ResponseTooLarge
+
+REFUSED_CODE = "KUBECONFIG_REFUSED"
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+_CHUNK = 64 * 1024
 
 
-class ClientConfigError(ValueError):
-    """The stored kubeconfig cannot make a client (it was validated at import, so rarely)."""
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What a stored kubeconfig may ask of a client, and the bounds on every call it makes."""
+
+    allow_insecure_tls: bool = False
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # Seconds of Retry-After (429, 503) one check honours in all; see probe.RetryAfter.
+    max_retry_after: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientPolicy:
+        manager = settings.cluster_manager
+        return cls(
+            allow_insecure_tls=manager.allow_insecure_tls,
+            connect_timeout=manager.connect_timeout.total_seconds(),
+            read_timeout=manager.read_timeout.total_seconds(),
+            max_response_bytes=manager.max_response_bytes,
+            max_retry_after=manager.max_retry_after.total_seconds(),
+        )
 
 
-def build_api_client(document: dict[str, Any]) -> ApiClient:
-    """An ApiClient for the one context of a minimal kubeconfig (as fleetql stores them)."""
+def build_api_client(document: Any, policy: ClientPolicy | None = None) -> ApiClient:
+    """An ApiClient for the one context of a minimal kubeconfig (as fleetql stores them).
+
+    Raises :class:`CheckFailed` (``KUBECONFIG_REFUSED``) when the document breaks the import
+    rules as they are now; the operator re-imports it with updateCluster.
+    """
+    policy = policy or ClientPolicy()
     try:
-        cluster = document["clusters"][0]["cluster"]
-        user = document["users"][0]["user"]
-    except (KeyError, IndexError, TypeError):
-        raise ClientConfigError("stored kubeconfig has no cluster or user") from None
+        resolved = resolve_document(document, allow_insecure_tls=policy.allow_insecure_tls)
+    except KubeconfigError as error:
+        raise CheckFailed(
+            REFUSED_CODE,
+            "re-import this cluster's kubeconfig with updateCluster(id, input: {kubeconfig}): "
+            f"the stored one breaks fleetql's current rules ({error.code}: {error.message})",
+        ) from None
+    cluster = resolved.document["clusters"][0]["cluster"]
+    user = resolved.document["users"][0]["user"]
 
     configuration = Configuration()
-    configuration.host = str(cluster["server"]).rstrip("/")
-    configuration.verify_ssl = not cluster.get("insecure-skip-tls-verify", False)
+    configuration.host = resolved.server.rstrip("/")
     if "token" in user:
         configuration.api_key["BearerToken"] = f"Bearer {user['token']}"
-    elif "username" in user:
-        pair = f"{user['username']}:{user['password']}".encode()
-        configuration.api_key["BearerToken"] = "Basic " + base64.b64encode(pair).decode()
+    rest = BoundedRestClient(
+        ssl_context=_ssl_context(cluster, user, insecure=resolved.insecure_skip_tls_verify),
+        server_hostname=cluster.get("tls-server-name"),
+        policy=policy,
+    )
+    return ClusterApiClient(configuration, rest)
 
-    with tempfile.TemporaryDirectory(prefix="fleetql-tls-") as private:
-        os.chmod(private, 0o700)
-        folder = Path(private)
-        if ca := cluster.get("certificate-authority-data"):
-            configuration.ssl_ca_cert = _write_private(folder / "ca.crt", ca)
-        if cert := user.get("client-certificate-data"):
-            configuration.cert_file = _write_private(folder / "client.crt", cert)
-            configuration.key_file = _write_private(folder / "client.key", user["client-key-data"])
-        # The TLS context is built here, reading the files; after this block they are gone.
-        return ApiClient(configuration)
+
+class ClusterApiClient(ApiClient):
+    """An ApiClient on a :class:`BoundedRestClient`.
+
+    ``ApiClient.__init__`` would open a REST client (an aiohttp session that trusts the
+    environment) of its own first, so the few attributes it sets are set here instead;
+    tests/test_outbound_limits.py checks that they are still the same set.
+    """
+
+    def __init__(self, configuration: Configuration, rest_client: BoundedRestClient) -> None:
+        self.configuration = configuration
+        self.pool_threads = 1
+        self.rest_client = rest_client
+        self.default_headers: dict[str, str] = {}
+        self.cookie = ""  # falsy: no Cookie header
+        self.user_agent = "fleetql"
+        self.client_side_validation = configuration.client_side_validation
+
+
+class BoundedRestClient(RESTClientObject):
+    """GET requests to one API server, each bounded in time and size; see the module docstring."""
+
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext, server_hostname: str | None, policy: ClientPolicy
+    ) -> None:
+        # RESTClientObject.__init__ is not called: it opens a session with trust_env=True.
+        self.policy = policy
+        self.tls_server_name = server_hostname
+        self.pool_manager = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4, ssl=ssl_context),
+            trust_env=False,  # no HTTP(S)_PROXY, no ~/.netrc
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        await self.pool_manager.close()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        query_params: Any = None,  # a list of pairs, as ApiClient passes it
+        headers: dict[str, Any] | None = None,
+        body: Any | None = None,
+        post_params: dict[str, Any] | None = None,
+        _preload_content: bool = True,
+        _request_timeout: float | tuple[float] | aiohttp.ClientTimeout | None = None,
+    ) -> RESTResponse:
+        """Always preloads, within ``max_response_bytes``; a 3xx is returned, never followed."""
+        if method.upper() != "GET" or body is not None or post_params:
+            raise ApiValueError("fleetql's cluster client only reads (GET without a body)")
+        if query_params:
+            url += "?" + urlencode(query_params)
+        policy = self.policy
+        total = _request_timeout if isinstance(_request_timeout, int | float) else None
+        timeout = aiohttp.ClientTimeout(
+            total=total,
+            connect=policy.connect_timeout,  # pool wait + TCP connect + TLS handshake
+            sock_connect=policy.connect_timeout,
+            sock_read=policy.read_timeout,
+        )
+        async with self.pool_manager.get(
+            url,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            server_hostname=self.tls_server_name,
+        ) as response:
+            data = await _read_bounded(response, policy.max_response_bytes)
+        return RESTResponse(response, data)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The decompressed body, refusing it as soon as it passes ``limit`` (a gzip bomb is cut
+    off after ``limit`` bytes, not inflated whole)."""
+    if response.content_length is not None and response.content_length > limit:
+        raise ResponseTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ssl_context(
+    cluster: dict[str, Any], user: dict[str, Any], *, insecure: bool
+) -> ssl.SSLContext:
+    ca = cluster.get("certificate-authority-data")
+    # With a CA, only that CA is trusted (as kubectl does); without, the system's.
+    context = ssl.create_default_context(
+        cadata=base64.b64decode(ca).decode("ascii") if ca else None
+    )
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert := user.get("client-certificate-data"):
+        with tempfile.TemporaryDirectory(prefix="fleetql-tls-") as private:
+            os.chmod(private, 0o700)
+            folder = Path(private)
+            cert_file = _write_private(folder / "client.crt", cert)
+            key_file = _write_private(folder / "client.key", user["client-key-data"])
+            context.load_cert_chain(cert_file, keyfile=key_file)
+    return context
 
 
 def _write_private(path: Path, data_base64: str) -> str:

@@ -1,14 +1,19 @@
 """One health check of one cluster: readiness, version, nodes and (when served) node usage.
 
-Requests go through kubernetes_asyncio's ApiClient (its configuration, auth and TLS) with
-``_preload_content=False``; bodies are parsed with orjson, never into model objects.
+Requests go through kubernetes_asyncio's ApiClient (its configuration and auth) on fleetql's
+bounded REST client (see :mod:`fleetql.poller.client`) with ``_preload_content=False``; bodies
+are parsed with orjson, never into model objects. A redirect is an error, never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import random
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -40,7 +45,12 @@ ERROR_CODES = (
     "API_ERROR",
     "INVALID_RESPONSE",
     "INVALID_KUBECONFIG",
+    "KUBECONFIG_REFUSED",
+    "REDIRECT",
+    "RESPONSE_TOO_LARGE",
+    "THROTTLED",
 )
+_THROTTLED = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
@@ -51,13 +61,27 @@ class CheckError:
     message: str
 
 
+class ResponseTooLarge(Exception):
+    """A cluster's answer was larger (decompressed) than the client's ``max_response_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        size = f"{limit / (1024 * 1024):g} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
+        super().__init__(f"the answer is larger than {size}")
+        self.limit = limit
+
+
 class CheckFailed(Exception):
     """The check could not be completed; ``reachable`` says whether the API answered at all."""
 
-    def __init__(self, code: str, message: str, *, reachable: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, reachable: bool = False, keeps_status: bool = False
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.error = CheckError(code, message[:MAX_MESSAGE])
         self.reachable = reachable
+        # The failure says nothing about the cluster's health (it asked us to slow down): the
+        # status stays as it was; only lastError shows it.
+        self.keeps_status = keeps_status
 
 
 @dataclass(frozen=True)
@@ -71,29 +95,78 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class RetryAfter:
+    """How a 429 or 503 that carries ``Retry-After`` is honoured: waited for (plus up to
+    ``jitter`` of it, so throttled pollers do not return in step) and retried, as long as one
+    check's waits stay within ``max_wait`` seconds in all; past that the check fails with
+    ``THROTTLED``, which leaves the cluster's status as it was."""
+
+    max_wait: float = 10.0
+    jitter: float = 0.2
+    max_attempts: int = 3
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(frozen=True)
 class _Response:
     status: int
     body: bytes
+    retry_after: float | None = None
+
+
+@dataclass
+class _Requests:
+    """One check's requests to one cluster, sharing its budget of Retry-After waits."""
+
+    api: ApiClient
+    request_timeout: float
+    retry_after: RetryAfter
+    waited: float = 0.0
+
+    async def get(self, path: str, query: list[tuple[str, str]] | None = None) -> _Response:
+        policy = self.retry_after
+        for attempt in range(1, policy.max_attempts + 1):
+            response = await _get(self.api, path, self.request_timeout, query)
+            if response.status not in _THROTTLED or response.retry_after is None:
+                return response
+            wait = response.retry_after * (1 + random.uniform(0, policy.jitter))
+            if attempt == policy.max_attempts or self.waited + wait > policy.max_wait:
+                break
+            self.waited += wait
+            await policy.sleep(wait)
+        raise CheckFailed(
+            "THROTTLED",
+            f"{path} answered HTTP {response.status} with Retry-After "
+            f"{response.retry_after:g}s{_status_message(response.body)}; fleetql waits at most "
+            f"{policy.max_wait:g}s per check",
+            reachable=True,
+            keeps_status=True,
+        )
 
 
 async def probe(
-    api: ApiClient, *, request_timeout: float, page_size: int = PAGE_SIZE
+    api: ApiClient,
+    *,
+    request_timeout: float,
+    page_size: int = PAGE_SIZE,
+    retry_after: RetryAfter | None = None,
 ) -> Observation:
     """Check a cluster; raises CheckFailed when it cannot be reached or does not answer sanely.
 
     ``request_timeout`` bounds each request, so a hung cluster holds its slot for a bounded time.
     """
-    ready, reason = await _readiness(api, request_timeout)
-    version = await _version(api, request_timeout)
+    requests = _Requests(api, request_timeout, retry_after or RetryAfter())
+    ready, reason = await _readiness(requests)
+    version = await _version(requests)
     nodes: NodeSummary | None = None
     nodes_error: CheckError | None = None
     try:
-        nodes = await _summarize_node_pages(api, request_timeout, page_size)
+        nodes = await _summarize_node_pages(requests, page_size)
     except CheckFailed as failure:
-        if not failure.reachable:
+        if not failure.reachable or failure.keeps_status:
             raise
         nodes_error = failure.error
-    usage = await _usage(api, request_timeout)
+    usage = await _usage(requests)
     return Observation(
         ready=ready,
         not_ready_reason=reason,
@@ -104,10 +177,10 @@ async def probe(
     )
 
 
-async def _readiness(api: ApiClient, request_timeout: float) -> tuple[bool, str | None]:
-    response = await _get(api, "/readyz", request_timeout)
+async def _readiness(requests: _Requests) -> tuple[bool, str | None]:
+    response = await requests.get("/readyz")
     if response.status == 404:  # API servers before 1.16 serve only /healthz
-        response = await _get(api, "/healthz", request_timeout)
+        response = await requests.get("/healthz")
     _refuse_auth_failures(response, "/readyz")
     if response.status == 200:
         return True, None
@@ -115,8 +188,8 @@ async def _readiness(api: ApiClient, request_timeout: float) -> tuple[bool, str 
     return False, f"API server is not ready (HTTP {response.status}){detail}"
 
 
-async def _version(api: ApiClient, request_timeout: float) -> str | None:
-    response = await _get(api, "/version", request_timeout)
+async def _version(requests: _Requests) -> str | None:
+    response = await requests.get("/version")
     _refuse_auth_failures(response, "/version")
     body = _json(_expect_ok(response, "/version"), "/version")
     version = body.get("gitVersion") if isinstance(body, dict) else None
@@ -125,9 +198,7 @@ async def _version(api: ApiClient, request_timeout: float) -> str | None:
     return version
 
 
-async def _summarize_node_pages(
-    api: ApiClient, request_timeout: float, page_size: int
-) -> NodeSummary:
+async def _summarize_node_pages(requests: _Requests, page_size: int) -> NodeSummary:
     """List nodes page by page, summing each page as it arrives: no node outlives its page, so
     memory stays one page per check and the collector has little to scan."""
     path = "/api/v1/nodes"
@@ -136,7 +207,7 @@ async def _summarize_node_pages(
     restarted = False
     for _ in range(MAX_PAGES):
         query = [("limit", str(page_size))] + ([("continue", token)] if token else [])
-        response = await _get(api, path, request_timeout, query)
+        response = await requests.get(path, query)
         if response.status == 410 and token and not restarted:
             # The continue token expired mid-list; a fresh list is consistent again.
             summary, token, restarted = EMPTY_SUMMARY, None, True
@@ -157,9 +228,15 @@ async def _summarize_node_pages(
     )
 
 
-async def _usage(api: ApiClient, request_timeout: float) -> UsageSummary | None:
-    """Node usage when metrics.k8s.io is served; None when it is absent or refuses us."""
-    response = await _get(api, "/apis/metrics.k8s.io/v1beta1/nodes", request_timeout)
+async def _usage(requests: _Requests) -> UsageSummary | None:
+    """Node usage when metrics.k8s.io is served; None when it is absent, refuses us or asks us
+    to come back later."""
+    try:
+        response = await requests.get("/apis/metrics.k8s.io/v1beta1/nodes")
+    except CheckFailed as failure:
+        if failure.keeps_status:
+            return None
+        raise
     if response.status != 200:
         return None
     body = _json(response, "metrics.k8s.io")
@@ -233,10 +310,16 @@ async def _get(
                 _preload_content=False,
                 _request_timeout=request_timeout,
             )
-            async with response:
-                return _Response(response.status, await response.read())
+    except aiohttp.ConnectionTimeoutError:
+        raise CheckFailed(
+            "TIMEOUT", f"{path}: connecting (TCP and TLS handshake) timed out"
+        ) from None
+    except aiohttp.SocketTimeoutError:
+        raise CheckFailed("TIMEOUT", f"{path}: the server stopped sending mid-answer") from None
     except TimeoutError:
         raise CheckFailed("TIMEOUT", f"{path} did not answer within {request_timeout:g}s") from None
+    except ResponseTooLarge as error:
+        raise CheckFailed("RESPONSE_TOO_LARGE", f"{path}: {error}", reachable=True) from None
     except aiohttp.ClientConnectorCertificateError as error:
         raise CheckFailed("TLS", f"certificate not trusted: {error.certificate_error}") from None
     except (aiohttp.ClientSSLError, ssl.SSLError) as error:
@@ -253,3 +336,31 @@ async def _get(
         ) from None
     except aiohttp.ClientError as error:
         raise CheckFailed("API_ERROR", f"{path}: {type(error).__name__}") from None
+    if 300 <= response.status < 400:
+        # Following it could send the credential to another host; an API server never redirects.
+        raise CheckFailed(
+            "REDIRECT",
+            f"{path} answered HTTP {response.status} (a redirect); fleetql does not follow "
+            "redirects: check the kubeconfig's server URL",
+            reachable=True,
+        )
+    return _Response(
+        response.status, response.data, _retry_after(response.getheader("Retry-After"))
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or
+    unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

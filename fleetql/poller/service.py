@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
 from fleetql.metrics.instruments import Metrics
+from fleetql.poller.client import ClientPolicy
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.worker import Poller, Publish, publish_nothing
 
@@ -44,6 +45,7 @@ async def running_poller(
             pool=pool,
             publish=publish,
             metrics=metrics.poller,
+            client_policy=ClientPolicy.from_settings(settings),
         )
         tasks = [
             asyncio.create_task(_supervised("poller.run", poller.run), name="poller.run"),

@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 import yaml
+from kubernetes_asyncio.client import ApiClient
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,9 +36,9 @@ from fleetql.db.states import (
 from fleetql.logs import log_context
 from fleetql.metrics.instruments import PollerMetrics
 from fleetql.poller.assessment import damp, failed_values, observed_values
-from fleetql.poller.client import build_api_client
+from fleetql.poller.client import ClientPolicy, build_api_client
 from fleetql.poller.pool import ClientPool
-from fleetql.poller.probe import ERROR_CODES, CheckFailed, probe
+from fleetql.poller.probe import ERROR_CODES, CheckFailed, RetryAfter, probe
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Poller:
     settings: PollerSettings
     pool: ClientPool
     publish: Publish = publish_nothing
+    # The import rules a stored kubeconfig is checked against again before it is used.
+    client_policy: ClientPolicy = field(default_factory=ClientPolicy)
     idle_wait: float = 1.0
     # Added to the requests' worst case to make a claim's lease; a dead replica's claims return
     # to the pool after it.
@@ -223,17 +226,28 @@ class Poller:
         try:
             # Decrypted and parsed only when a client is built: a pooled one needs neither.
             fingerprint = hashlib.sha256(due.kubeconfig_ciphertext).hexdigest()
-            async with self.pool.client(
-                due.id, fingerprint, lambda: build_api_client(self._kubeconfig(due))
-            ) as api:
-                observation = await probe(api, request_timeout=timeout)
+
+            def build() -> ApiClient:
+                return build_api_client(self._kubeconfig(due), self.client_policy)
+
+            retry_after = RetryAfter(max_wait=self.client_policy.max_retry_after, sleep=self.sleep)
+            async with self.pool.client(due.id, fingerprint, build) as api:
+                observation = await probe(api, request_timeout=timeout, retry_after=retry_after)
         except CheckFailed as failure:
             self.stats.failures += 1
             failures = due.consecutive_failures + 1
             logger.info(
                 "check of %s failed (%s): %s", due.name, failure.error.code, failure.error.message
             )
-            values = self._damp(failed_values(failure, consecutive_failures=failures), due)
+            values = failed_values(failure, consecutive_failures=failures)
+            if failure.keeps_status:  # throttled: says nothing about the cluster's health
+                values |= {
+                    "status": due.status,
+                    "pending_status": due.pending_status,
+                    "pending_count": due.pending_count,
+                }
+            else:
+                values = self._damp(values, due)
             retrying = failures <= self.settings.retry_attempts or bool(values["pending_status"])
             delay = self.settings.retry_delay if retrying else self._interval(due)
             return values, False, delay, failure.error.code
@@ -251,7 +265,7 @@ class Poller:
             threshold=self.settings.status_threshold,
         )
 
-    def _kubeconfig(self, due: DueCluster) -> dict[str, object]:
+    def _kubeconfig(self, due: DueCluster) -> object:
         blob = EncryptedBlob(
             due.kubeconfig_format, due.kubeconfig_key_id, due.kubeconfig_ciphertext
         )
@@ -259,7 +273,7 @@ class Poller:
             plaintext = self.cipher.decrypt(blob, cluster_id=due.id)
         except DecryptionError as error:
             raise CheckFailed("INVALID_KUBECONFIG", str(error)) from None
-        document: dict[str, object] = yaml.load(plaintext, Loader=_SAFE_LOADER)
+        document: object = yaml.load(plaintext, Loader=_SAFE_LOADER)
         return document
 
     def _interval(self, due: DueCluster) -> timedelta:

@@ -75,11 +75,17 @@ async def resolve_kubeconfig(
     context: Context, kubeconfig: str, kube_context: str | None
 ) -> ResolvedKubeconfig | UserError:
     """Decode and resolve off the event loop: a large YAML document takes a while to parse."""
-    max_bytes = context.services.settings.cluster_manager.max_kubeconfig_bytes
+    manager = context.services.settings.cluster_manager
+    max_bytes = manager.max_kubeconfig_bytes
 
     def resolve() -> ResolvedKubeconfig:
         data = decode_kubeconfig_input(kubeconfig, max_bytes=max_bytes)
-        return parse_kubeconfig(data, context=kube_context, max_bytes=max_bytes)
+        return parse_kubeconfig(
+            data,
+            context=kube_context,
+            max_bytes=max_bytes,
+            allow_insecure_tls=manager.allow_insecure_tls,
+        )
 
     try:
         return await asyncio.to_thread(resolve)
