@@ -252,6 +252,7 @@ async def open_services(
         if relay_events:
             relay_task = asyncio.create_task(relay.run(), name="events.relay")
             stack.push_async_callback(_cancel, relay_task)
+        authenticator = await stack.enter_async_context(Authenticator(settings.auth, sessions))
         guard = SocketGuard(sessions, interval=settings.auth.token_check_interval.total_seconds())
         guard_task = asyncio.create_task(guard.run(), name="auth.sockets")
         stack.push_async_callback(_cancel, guard_task)
@@ -261,7 +262,7 @@ async def open_services(
             cipher=cipher,
             events=events,
             relay=relay,
-            authenticator=Authenticator(settings.auth, sessions),
+            authenticator=authenticator,
             socket_guard=guard,
             metrics=metrics,
         )

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -251,8 +252,9 @@ class AuthSettings(_Section):
     """Who may call the API; see README "Security"."""
 
     # none: everyone is an admin (only on a loopback address unless allow_unauthenticated);
-    # jwt: bearer tokens signed by a configured key. API tokens work beside jwt.
-    mode: Literal["none", "jwt"] = "none"
+    # jwt: bearer tokens signed by a configured key; oidc: signed by the issuer's published
+    # keys (discovery document and JWKS). API tokens work beside both.
+    mode: Literal["none", "jwt", "oidc"] = "none"
     allow_unauthenticated: bool = False
     issuer: str | None = None
     audience: str | None = None
@@ -273,6 +275,11 @@ class AuthSettings(_Section):
     roles: dict[str, RoleBinding] = Field(default_factory=dict)
     # How often open websockets are checked for revoked or expired credentials.
     token_check_interval: Duration = timedelta(seconds=2)
+    # oidc: how often the issuer's keys are fetched again, and the least time between two
+    # fetches prompted by tokens naming an unknown key (so forged kids cannot hammer it).
+    jwks_refresh_interval: Duration = timedelta(hours=1)
+    jwks_min_refresh_interval: Duration = timedelta(seconds=30)
+    discovery_timeout: Duration = timedelta(seconds=5)
 
     @field_validator("algorithms", mode="before")
     @classmethod
@@ -297,10 +304,12 @@ class AuthSettings(_Section):
         for algorithm in self.algorithms:
             if algorithm not in _HMAC_ALGORITHMS | _ASYMMETRIC_ALGORITHMS:
                 raise ValueError(f"algorithms: {algorithm!r} is not an accepted JWT algorithm")
-        if self.mode != "jwt":
+        if self.mode == "none":
             return self
         if not self.issuer or not self.audience:
-            raise ValueError("mode jwt needs both issuer and audience")
+            raise ValueError(f"mode {self.mode} needs both issuer and audience")
+        if self.mode == "oidc":
+            return self._check_oidc()
         sources = [
             name
             for name in ("public_key", "public_key_file", "jwks_file", "secret")
@@ -321,6 +330,25 @@ class AuthSettings(_Section):
         elif set(self.algorithms) & _HMAC_ALGORITHMS:
             # The classic confusion attack: an HS256 token "signed" with the public key.
             raise ValueError("algorithms: HMAC algorithms are refused with an asymmetric key")
+        return self
+
+    def _check_oidc(self) -> AuthSettings:
+        assert self.issuer is not None
+        configured = [
+            name
+            for name in ("public_key", "public_key_file", "jwks_file", "secret")
+            if getattr(self, name) is not None
+        ]
+        if configured:
+            raise ValueError(
+                f"mode oidc takes its keys from the issuer; remove {', '.join(configured)}"
+            )
+        if set(self.algorithms) & _HMAC_ALGORITHMS:
+            raise ValueError("algorithms: an OIDC issuer's published keys are asymmetric")
+        parts = urlsplit(self.issuer)
+        scheme, host = parts.scheme, parts.hostname or ""
+        if scheme != "https" and not (scheme == "http" and is_loopback(host)):
+            raise ValueError("issuer: must be an https:// URL (http:// only on loopback)")
         return self
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -112,3 +113,62 @@ def forbidden(body: Mapping[str, Any]) -> bool:
     return any(
         error.get("extensions", {}).get("code") == "FORBIDDEN" for error in body.get("errors", ())
     )
+
+
+class LocalIssuer:
+    """A small OIDC issuer on 127.0.0.1: a discovery document and a JWKS of its current keys,
+    counting how often each is fetched."""
+
+    def __init__(self, *issuers: Issuer) -> None:
+        import http.server
+        import threading
+        from collections import Counter
+
+        self.keys = list(issuers)
+        self.fetches: Counter[str] = Counter()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.fetches[self.path] += 1
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    body = {"issuer": owner.url, "jwks_uri": f"{owner.url}/keys"}
+                elif self.path == "/keys":
+                    body = {"keys": [key for issuer in owner.keys for key in issuer.jwks()["keys"]]}
+                else:
+                    self.send_error(404)
+                    return
+                data = orjson.dumps(body)
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LocalIssuer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def oidc_settings(settings: Settings, issuer_url: str, **auth: Any) -> Settings:
+    values: dict[str, Any] = {
+        "mode": "oidc",
+        "issuer": issuer_url,
+        "audience": AUDIENCE,
+        "algorithms": ["RS256"],
+        "roles": ROLES,
+        "token_check_interval": "0.2s",
+    }
+    values.update(auth)
+    return settings.model_copy(update={"auth": AuthSettings.model_validate(values)})

@@ -4,6 +4,7 @@ and websockets against a server that requires bearer tokens."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -471,3 +472,24 @@ async def test_no_subscription_starts_before_the_connection_is_acknowledged(
             except (ConnectionClosed, TimeoutError):
                 pass
         assert not any(message.get("type") in ("next", "data") for message in received), received
+
+
+async def test_the_import_command_sends_its_token(
+    secured: ThreadedServer,
+    as_: Callable[..., AuthClient],
+    issuer: Issuer,
+    tmp_kubeconfig: Any,
+) -> None:
+    from tests.test_cli import run
+
+    token = issuer.token("ci", ["fleet-operators"])
+    refused = run("import", str(tmp_kubeconfig), "--name", "from-ci", "--url", secured.url)
+    assert refused.returncode == 1 and "authentication required" in refused.stderr
+    env = {**os.environ, "FLEETQL_TOKEN": token}
+    result = run("import", str(tmp_kubeconfig), "--name", "from-ci", "--url", secured.url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert token not in result.stdout + result.stderr
+    log = await as_("root", "fleet-admins").data(
+        "{ events(filter: {types: [IMPORTED]}) { items { actor message } } }"
+    )
+    assert [item["actor"] for item in log["events"]["items"]] == ["ci"]

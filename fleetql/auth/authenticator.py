@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.access import ANONYMOUS, Grant, Principal, Role
 from fleetql.auth.api_tokens import hash_secret, is_api_token
-from fleetql.auth.jwt_verifier import InvalidToken, JwtVerifier
+from fleetql.auth.jwt_verifier import InvalidToken, JwtVerifier, UnknownKeyId
+from fleetql.auth.oidc import OidcKeys
 from fleetql.config import AuthSettings
 from fleetql.db import tokens
 
@@ -27,10 +31,39 @@ class AuthenticationError(Exception):
 
 
 class Authenticator:
+    """Use with ``async with`` when the mode is oidc: that fetches the issuer's keys (or fails
+    the start) and keeps them fresh until the block ends."""
+
     def __init__(self, settings: AuthSettings, sessions: async_sessionmaker[AsyncSession]):
         self._settings = settings
         self._sessions = sessions
-        self._jwt = JwtVerifier(settings) if settings.mode == "jwt" else None
+        self._jwt = JwtVerifier(settings) if settings.mode in ("jwt", "oidc") else None
+        self._oidc: OidcKeys | None = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        if self._settings.mode != "oidc" or self._jwt is None:
+            return self
+        # No proxies or .netrc from the environment, no redirects: only the configured issuer.
+        http = await self._stack.enter_async_context(
+            httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        )
+        self._oidc = OidcKeys(self._settings, self._jwt, http)
+        try:
+            await self._oidc.start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        refresh = asyncio.create_task(self._oidc.refresh_forever(), name="auth.oidc.refresh")
+        self._stack.push_async_callback(_cancel, refresh)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def oidc(self) -> OidcKeys | None:
+        return self._oidc
 
     @property
     def required(self) -> bool:
@@ -55,6 +88,14 @@ class Authenticator:
             raise AuthenticationError("this server accepts API tokens only")
         try:
             claims = self._jwt.verify(credential)
+        except UnknownKeyId as error:
+            # The issuer may have rotated its keys since we fetched them: look once more.
+            if self._oidc is None or not await self._oidc.refresh_for_unknown_key():
+                raise AuthenticationError(str(error)) from None
+            try:
+                claims = self._jwt.verify(credential)
+            except InvalidToken as again:
+                raise AuthenticationError(str(again)) from None
         except InvalidToken as error:
             raise AuthenticationError(str(error)) from None
         return self._principal_from_claims(claims)
@@ -111,3 +152,8 @@ def _claim(claims: Mapping[str, Any], path: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -15,13 +15,17 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from fleetql.config import AuthSettings
+from fleetql.config import AuthSettings, ConfigError
 
-__all__ = ["InvalidToken", "JwtVerifier"]
+__all__ = ["InvalidToken", "JwtVerifier", "UnknownKeyId", "parse_jwks"]
 
 
 class InvalidToken(Exception):
     """The token is refused; the message is safe to return to the client."""
+
+
+class UnknownKeyId(InvalidToken):
+    """The token names a key the verifier does not have (an issuer may have just rotated)."""
 
 
 class JwtVerifier:
@@ -41,9 +45,20 @@ class JwtVerifier:
             try:
                 self._key = serialization.load_pem_public_key(pem)
             except ValueError:
-                raise ValueError("auth.public_key: not a PEM public key") from None
+                raise ConfigError("auth.public_key: not a PEM public key") from None
         elif settings.jwks_file is not None:
-            self._keys_by_kid = _load_jwks(_read(settings.jwks_file, "auth.jwks_file"))
+            try:
+                self._keys_by_kid = parse_jwks(_read(settings.jwks_file, "auth.jwks_file"))
+            except ValueError as error:
+                raise ConfigError(f"auth.jwks_file: {error}") from None
+
+    def use_jwks(self, keys: dict[str, jwt.PyJWK]) -> None:
+        """Verify with these keys from now on (an OIDC issuer's, refreshed)."""
+        self._keys_by_kid = keys
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys_by_kid)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, once signature, algorithm, issuer, audience, expiry and
@@ -55,7 +70,7 @@ class JwtVerifier:
         algorithm = header.get("alg")
         if algorithm not in self._algorithms:
             raise InvalidToken(f"tokens signed with {algorithm!r} are not accepted")
-        key = self._key if not self._keys_by_kid else self._key_for(header.get("kid"))
+        key = self._key if self._key is not None else self._key_for(header.get("kid"))
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -84,7 +99,7 @@ class JwtVerifier:
 
     def _key_for(self, kid: Any) -> jwt.PyJWK:
         if not isinstance(kid, str) or kid not in self._keys_by_kid:
-            raise InvalidToken("the token's key id (kid) is not one of the configured keys")
+            raise UnknownKeyId("the token's key id (kid) is not one of the configured keys")
         return self._keys_by_kid[kid]
 
 
@@ -92,23 +107,26 @@ def _read(path: Any, setting: str) -> bytes:
     try:
         return bytes(path.read_bytes())
     except OSError as error:
-        raise ValueError(f"{setting}: cannot read {path}: {error.strerror}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
 
 
-def _load_jwks(data: bytes) -> dict[str, jwt.PyJWK]:
+def parse_jwks(data: bytes | Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+    """The signing keys of a JWKS document by kid; ValueError says what is wrong with it."""
     try:
-        document = json.loads(data)
+        document = json.loads(data) if isinstance(data, bytes) else data
         keys = document["keys"]
     except (ValueError, KeyError, TypeError):
-        raise ValueError("auth.jwks_file: not a JWKS document (an object with 'keys')") from None
+        raise ValueError("not a JWKS document (an object with 'keys')") from None
     by_kid: dict[str, jwt.PyJWK] = {}
     for entry in keys:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("kid"), str):
-            raise ValueError("auth.jwks_file: every key needs a 'kid'")
+            raise ValueError("every key needs a 'kid'")
+        if entry.get("use", "sig") != "sig":
+            continue  # an encryption key: not for verifying signatures
         if entry.get("kty") == "oct":
-            raise ValueError("auth.jwks_file: symmetric keys do not belong in a JWKS; use secret")
+            raise ValueError("symmetric keys do not belong in a JWKS; use auth.secret")
         try:
             by_kid[entry["kid"]] = jwt.PyJWK.from_dict(dict(entry))
         except jwt.PyJWKError as error:
-            raise ValueError(f"auth.jwks_file: key {entry['kid']!r}: {error}") from None
+            raise ValueError(f"key {entry['kid']!r}: {error}") from None
     return by_kid
