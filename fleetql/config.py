@@ -33,6 +33,7 @@ from pydantic import (
 
 from fleetql.access import Role
 from fleetql.labels import parse_label_selector
+from fleetql.netpolicy import never_allowed, parse_network
 
 ENV_PREFIX = "FLEETQL_"
 # Variables with our prefix that are not settings: they belong to the test suite or name the file.
@@ -160,6 +161,31 @@ class ClusterManagerSettings(_Section):
     event_retention: Duration = timedelta(days=30)
     # More status changes than this in the last hour mark a cluster as flapping.
     flapping_threshold: int = Field(default=6, ge=1)
+    # Where clusters may be (README "Outbound addresses (SSRF)"): networks or single addresses
+    # allowed or denied beyond the defaults; the longest match decides, a deny wins a tie.
+    # Link-local and metadata addresses are refused whatever these say.
+    allowed_networks: tuple[str, ...] = ()
+    denied_networks: tuple[str, ...] = ()
+
+    @field_validator("allowed_networks", "denied_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("allowed_networks", "denied_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(parse_network(text)) for text in value)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_allowable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            if (why := never_allowed(parse_network(text))) is not None:
+                raise ValueError(why)
+        return value
 
 
 class EventsSettings(_Section):

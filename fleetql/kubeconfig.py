@@ -47,6 +47,9 @@ ERROR_CODES = frozenset(
         "INVALID_CREDENTIAL",
         "INVALID_CA",
         "TOO_LARGE",
+        # The server is (or resolves to) an address fleetql does not connect to; checked by
+        # fleetql.netpolicy when a kubeconfig is imported, not by the parsing here.
+        "FORBIDDEN_ADDRESS",
     }
 )
 

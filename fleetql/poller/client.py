@@ -13,27 +13,45 @@ connect (TCP + TLS) bound, a bound on each gap between reads, the caller's bound
 request, and a cap on the decompressed body. The CA is loaded from memory; Python's ``ssl`` only
 loads a client key from a file, so that one file (and its certificate) is written 0600 into a
 private 0700 folder and removed as soon as the TLS context holds them.
+
+Where it connects is checked too (:mod:`fleetql.netpolicy`): a server given as an address is
+checked when the client is built; a name is resolved by :class:`PolicyResolver` on every new
+connection, which hands aiohttp only the addresses the policy allows, so the connection goes to
+an address that was checked (a name rebound to a metadata address meanwhile never reaches it),
+while TLS still verifies the certificate against the name.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiValueError
 from kubernetes_asyncio.client.rest import RESTClientObject, RESTResponse
+from yarl import URL
 
 from fleetql.config import Settings
 from fleetql.kubeconfig import KubeconfigError, resolve_document
-from fleetql.poller.probe import CheckFailed, ResponseTooLarge
+from fleetql.netpolicy import (
+    AddressPolicy,
+    AddressRefused,
+    Lookup,
+    allowed_addresses,
+    is_canonical,
+    parse_address,
+    system_lookup,
+)
+from fleetql.poller.probe import FORBIDDEN_ADDRESS, CheckFailed, ResponseTooLarge
 
 REFUSED_CODE = "KUBECONFIG_REFUSED"
 DEFAULT_CONNECT_TIMEOUT = 3.0
@@ -52,6 +70,10 @@ class ClientPolicy:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # Seconds of Retry-After (429, 503) one check honours in all; see probe.RetryAfter.
     max_retry_after: float = 10.0
+    # Which addresses a cluster may be at; the default is the default settings' policy.
+    addresses: AddressPolicy = field(default_factory=AddressPolicy)
+    # How host names are resolved before the policy filters them (tests pass their own).
+    lookup: Lookup = field(default=system_lookup, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientPolicy:
@@ -62,6 +84,7 @@ class ClientPolicy:
             read_timeout=manager.read_timeout.total_seconds(),
             max_response_bytes=manager.max_response_bytes,
             max_retry_after=manager.max_retry_after.total_seconds(),
+            addresses=AddressPolicy.from_settings(settings),
         )
 
 
@@ -69,7 +92,9 @@ def build_api_client(document: Any, policy: ClientPolicy | None = None) -> ApiCl
     """An ApiClient for the one context of a minimal kubeconfig (as fleetql stores them).
 
     Raises :class:`CheckFailed` (``KUBECONFIG_REFUSED``) when the document breaks the import
-    rules as they are now; the operator re-imports it with updateCluster.
+    rules as they are now; the operator re-imports it with updateCluster. A server given as an
+    address the policy refuses fails with ``FORBIDDEN_ADDRESS`` (aiohttp connects to an address
+    without asking the resolver, so it is checked here).
     """
     policy = policy or ClientPolicy()
     try:
@@ -82,9 +107,11 @@ def build_api_client(document: Any, policy: ClientPolicy | None = None) -> ApiCl
         ) from None
     cluster = resolved.document["clusters"][0]["cluster"]
     user = resolved.document["users"][0]["user"]
+    host = resolved.server.rstrip("/")
+    _check_literal_address(host, policy.addresses)
 
     configuration = Configuration()
-    configuration.host = resolved.server.rstrip("/")
+    configuration.host = host
     if "token" in user:
         configuration.api_key["BearerToken"] = f"Bearer {user['token']}"
     rest = BoundedRestClient(
@@ -123,7 +150,13 @@ class BoundedRestClient(RESTClientObject):
         self.policy = policy
         self.tls_server_name = server_hostname
         self.pool_manager = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4, ssl=ssl_context),
+            connector=aiohttp.TCPConnector(
+                limit=4,
+                ssl=ssl_context,
+                resolver=PolicyResolver(policy.addresses, lookup=policy.lookup),
+                # No cache: every new connection resolves and checks the name again.
+                use_dns_cache=False,
+            ),
             trust_env=False,  # no HTTP(S)_PROXY, no ~/.netrc
             cookie_jar=aiohttp.DummyCookieJar(),
         )
@@ -164,6 +197,54 @@ class BoundedRestClient(RESTClientObject):
         ) as response:
             data = await _read_bounded(response, policy.max_response_bytes)
         return RESTResponse(response, data)
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves a cluster's host name and returns only the addresses the policy allows, so
+    aiohttp connects to exactly those; none allowed raises :class:`AddressRefused` (an
+    ``OSError``: aiohttp reports it as ``ClientConnectorDNSError``, the probe as
+    ``FORBIDDEN_ADDRESS``)."""
+
+    def __init__(self, policy: AddressPolicy, *, lookup: Lookup = system_lookup) -> None:
+        self.policy = policy
+        self.lookup = lookup
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await allowed_addresses(host, self.policy, lookup=self.lookup)
+        results: list[ResolveResult] = []
+        for address in addresses:
+            kind = socket.AF_INET if address.version == 4 else socket.AF_INET6
+            if family not in (socket.AF_UNSPEC, kind):
+                continue
+            results.append(
+                ResolveResult(
+                    hostname=host,
+                    host=str(address),
+                    port=port,
+                    family=kind,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
+            )
+        if not results:
+            raise AddressRefused(f"{host} has no allowed address of the family asked for")
+        return results
+
+    async def close(self) -> None:
+        pass
+
+
+def _check_literal_address(server: str, policy: AddressPolicy) -> None:
+    """Check a server given as an address, in any spelling (a name is left to the resolver)."""
+    host = URL(server).raw_host or ""
+    try:
+        address = parse_address(host)
+        if address is not None:
+            policy.check(address, via=None if is_canonical(host, address) else f"{host} is")
+    except (AddressRefused, ValueError) as error:
+        raise CheckFailed(FORBIDDEN_ADDRESS, f"server {host}: {error}") from None
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:

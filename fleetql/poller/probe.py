@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 from kubernetes_asyncio.client import ApiClient
 
+from fleetql.netpolicy import AddressRefused
 from fleetql.poller.nodes import (
     EMPTY_SUMMARY,
     NodeListError,
@@ -49,7 +50,11 @@ ERROR_CODES = (
     "REDIRECT",
     "RESPONSE_TOO_LARGE",
     "THROTTLED",
+    "FORBIDDEN_ADDRESS",
 )
+# The server is, or resolves only to, an address fleetql does not connect to (README "Outbound
+# addresses (SSRF)").
+FORBIDDEN_ADDRESS = "FORBIDDEN_ADDRESS"
 _THROTTLED = frozenset({429, 503})
 
 
@@ -325,6 +330,8 @@ async def _get(
     except (aiohttp.ClientSSLError, ssl.SSLError) as error:
         raise CheckFailed("TLS", f"TLS handshake failed: {error}") from None
     except aiohttp.ClientConnectorDNSError as error:
+        if isinstance(error.os_error, AddressRefused):
+            raise CheckFailed(FORBIDDEN_ADDRESS, str(error.os_error)) from None
         raise CheckFailed("DNS", f"cannot resolve {error.host}") from None
     except aiohttp.ClientConnectorError as error:
         raise CheckFailed(

@@ -25,6 +25,7 @@ from fleetql.kubeconfig import (
     parse_kubeconfig,
 )
 from fleetql.labels import LabelError, validate_label_key, validate_label_value, validate_name
+from fleetql.netpolicy import AddressPolicy, AddressRefused, NotCanonicalAddress, check_server
 from fleetql.resolvers.authorization import check_new_labels
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import UserError
@@ -74,7 +75,8 @@ def check_labels(
 async def resolve_kubeconfig(
     context: Context, kubeconfig: str, kube_context: str | None
 ) -> ResolvedKubeconfig | UserError:
-    """Decode and resolve off the event loop: a large YAML document takes a while to parse."""
+    """Decode and resolve off the event loop (a large YAML document takes a while to parse),
+    then check the address of its server against the outbound address policy."""
     manager = context.services.settings.cluster_manager
     max_bytes = manager.max_kubeconfig_bytes
 
@@ -88,9 +90,23 @@ async def resolve_kubeconfig(
         )
 
     try:
-        return await asyncio.to_thread(resolve)
+        resolved = await asyncio.to_thread(resolve)
     except KubeconfigError as error:
         return UserError(error.field, error.code, error.message)
+    # Where the server is: checked now, and again by the poller on every connection.
+    try:
+        await check_server(
+            resolved.server,
+            AddressPolicy.from_settings(context.services.settings),
+            lookup_timeout=manager.connect_timeout.total_seconds(),
+        )
+    except AddressRefused as error:
+        return UserError("kubeconfig", "FORBIDDEN_ADDRESS", f"server: {error}")
+    except NotCanonicalAddress as error:
+        return UserError("kubeconfig", "INVALID_SERVER", str(error))
+    except ValueError:
+        return UserError("kubeconfig", "INVALID_SERVER", "server is not a valid URL")
+    return resolved
 
 
 async def import_cluster(
