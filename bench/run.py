@@ -18,7 +18,7 @@ from typing import Any
 
 from bench._support import machine
 
-BENCHMARKS = ("list_queries", "imports", "poller", "fanout")
+BENCHMARKS = ("list_queries", "imports", "poller", "fanout", "validation_cache")
 HERE = Path(__file__).parent
 RESULTS_JSON = HERE / "results.json"
 RESULTS_MD = HERE / "RESULTS.md"

@@ -28,6 +28,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from fleetql.auth import AuthenticationError, Authenticator
 from fleetql.auth.http import PRINCIPAL_STATE, AuthenticationMiddleware
 from fleetql.auth.sockets import SocketGuard
+from fleetql.bodylimit import BodyLimitMiddleware
 from fleetql.config import Settings, is_loopback
 from fleetql.crypto import KubeconfigCipher
 from fleetql.db import migrations
@@ -50,6 +51,7 @@ from fleetql.metrics.instruments import Metrics
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
+from fleetql.requestshape import JsonOnlyMiddleware
 from fleetql.resolvers.context import Context, Services
 from fleetql.schema import build_schema
 from fleetql.server import ABORT_EXTENSION
@@ -291,8 +293,12 @@ def create_app(
 ) -> Starlette:
     """The ASGI app; ``demo_clusters`` > 0 also runs a simulated fleet (``serve --demo``)."""
     graphql = FleetGraphQL(
-        build_schema(settings.server),
-        graphql_ide="graphiql" if settings.server.graphiql else None,
+        build_schema(settings.graphql),
+        graphql_ide="graphiql" if settings.graphql.graphiql else None,
+        # GET runs queries only (strawberry refuses mutations over GET); POST takes JSON only
+        # (JsonOnlyMiddleware), never form or multipart bodies: see README "HTTP hardening".
+        allow_queries_via_get=True,
+        multipart_uploads_enabled=False,
         # Both protocols: graphql-transport-ws, and the legacy graphql-ws older consoles speak.
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         connection_init_wait_timeout=settings.events.connection_init_timeout,
@@ -358,7 +364,8 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
-            Middleware(AuthenticationMiddleware),
+            # CORS before the checks that refuse: a preflight carries no token, and a listed
+            # console must be able to read why a request was refused (413, 415, 401).
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.server.cors_origins),
@@ -366,6 +373,9 @@ def create_app(
                 allow_headers=["content-type", "authorization", "x-request-id"],
                 expose_headers=["x-request-id"],
             ),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes),
+            Middleware(JsonOnlyMiddleware),
+            Middleware(AuthenticationMiddleware),
         ],
         lifespan=lifespan,
     )

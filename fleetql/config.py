@@ -1,9 +1,9 @@
 """Settings: a YAML file, overridden key by key from the environment.
 
-Every key lives in a section (``server``, ``database``, ``encryption``, ``poller``, ``events``,
-``cluster_manager``, ``auth``, ``log``) and can be set by ``FLEETQL_<SECTION>__<KEY>``; plain
-``DATABASE_URL`` and ``FLEETQL_ENCRYPTION_KEY`` are honoured because that is what platforms and
-secret stores set.
+Every key lives in a section (``server``, ``graphql``, ``database``, ``encryption``, ``poller``,
+``events``, ``cluster_manager``, ``auth``, ``log``, ``metrics``) and can be set by
+``FLEETQL_<SECTION>__<KEY>``; plain ``DATABASE_URL`` and ``FLEETQL_ENCRYPTION_KEY`` are
+honoured because that is what platforms and secret stores set.
 Unknown keys and bad values stop the start with a message that names the key, because a typo in
 a setting that silently falls back to its default is worse than no start at all.
 """
@@ -82,11 +82,9 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     cors_origins: tuple[str, ...] = ()
-    graphiql: bool = True
-    # Query limits: a document is refused before validation when it exceeds these.
-    max_query_tokens: int = Field(default=2000, ge=100)
-    max_aliases: int = Field(default=30, ge=1)
-    max_query_depth: int = Field(default=12, ge=2)
+    # Request bodies larger than this get 413 before they are parsed (uvicorn has no limit). It
+    # must hold the largest kubeconfig, base64-encoded, in a JSON request: see Settings below.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=16 * 1024)
     log_level: str = "info"
     # From SIGTERM to exit: running requests get most of it, closing the pools the rest. Keep it
     # a few seconds below the orchestrator's kill deadline (Kubernetes: 30 s by default).
@@ -98,6 +96,46 @@ class ServerSettings(_Section):
         if isinstance(value, str):
             return tuple(origin.strip() for origin in value.split(",") if origin.strip())
         return value
+
+
+class GraphQLSettings(_Section):
+    """What the GraphQL endpoint offers and how large a document may be (README "HTTP
+    hardening"). Defaults are graphql-armor's, which every query fleetql documents fits."""
+
+    # GraphiQL on GET /graphql, and introspection (GraphiQL needs it). With introspection off,
+    # "Did you mean …" suggestions are left out of error messages too.
+    graphiql: bool = True
+    introspection: bool = True
+    # A document is refused at parse time past max_tokens, at validation past the others;
+    # fragments count each time they are spread, introspection fields are not depth-limited.
+    max_tokens: int = Field(default=1000, ge=100)
+    max_aliases: int = Field(default=15, ge=0)
+    max_depth: int = Field(default=6, ge=2)
+    max_directives: int = Field(default=50, ge=0)
+    # Batches (a JSON array of operations in one POST) are refused unless enabled.
+    batching: bool = False
+    max_batch_operations: int = Field(default=10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_graphiql(self) -> GraphQLSettings:
+        if self.graphiql and not self.introspection:
+            raise ValueError(
+                "graphiql: GraphiQL reads the schema by introspection; with introspection off "
+                "set graphiql: false as well"
+            )
+        return self
+
+
+# Keys that moved into the graphql section (issue 8); the old names are still read.
+_MOVED_KEYS = {
+    ("server", "graphiql"): ("graphql", "graphiql"),
+    ("server", "max_query_tokens"): ("graphql", "max_tokens"),
+    ("server", "max_aliases"): ("graphql", "max_aliases"),
+    ("server", "max_query_depth"): ("graphql", "max_depth"),
+}
+# What an import request holds besides the base64 kubeconfig: the JSON around it, the query, a
+# description of up to 2,048 characters (up to 6 bytes each when JSON-escaped), labels.
+_REQUEST_OVERHEAD_BYTES = 64 * 1024
 
 
 class DatabaseSettings(_Section):
@@ -380,6 +418,7 @@ class AuthSettings(_Section):
 
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
+    graphql: GraphQLSettings = GraphQLSettings()
     database: DatabaseSettings = DatabaseSettings()
     encryption: EncryptionSettings = EncryptionSettings()
     poller: PollerSettings = PollerSettings()
@@ -388,6 +427,40 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_old_keys(cls, raw: Any) -> Any:
+        """``server.graphiql`` and ``server.max_query_*`` are read as their ``graphql.*`` keys."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("server"), dict):
+            return raw
+        raw = {section: values for section, values in raw.items()}
+        server = dict(raw["server"])
+        graphql = dict(raw.get("graphql") or {})
+        for (old_section, old_key), (new_section, new_key) in _MOVED_KEYS.items():
+            if old_key not in server:
+                continue
+            value = server.pop(old_key)
+            if new_key in graphql and graphql[new_key] != value:
+                raise ValueError(
+                    f"{old_section}.{old_key} (the old name) and {new_section}.{new_key} "
+                    "are both set, to different values; keep only the new one"
+                )
+            graphql[new_key] = value
+        raw["server"], raw["graphql"] = server, graphql
+        return raw
+
+    @model_validator(mode="after")
+    def _check_body_limit(self) -> Settings:
+        kubeconfig = self.cluster_manager.max_kubeconfig_bytes
+        needed = -(-kubeconfig * 4 // 3) + _REQUEST_OVERHEAD_BYTES  # base64, rounded up
+        if self.server.max_body_bytes < needed:
+            raise ValueError(
+                f"server.max_body_bytes ({self.server.max_body_bytes}) is too small for "
+                f"cluster_manager.max_kubeconfig_bytes ({kubeconfig}): an import of the largest "
+                f"kubeconfig, base64-encoded in JSON, needs at least {needed}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Settings:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
@@ -14,10 +14,10 @@ from strawberry.extensions import (
     ParserCache,
     ValidationCache,
 )
-from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.config import BatchingConfig, StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from fleetql.config import ServerSettings
+from fleetql.config import GraphQLSettings
 from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.execution import PerEventExecutionContext
 from fleetql.schema.instrumentation import OperationMetrics
@@ -27,10 +27,20 @@ from fleetql.schema.permissions import check_every_root_field
 from fleetql.schema.query import Query
 from fleetql.schema.scalars import SCALAR_MAP
 from fleetql.schema.subscription import Subscription
+from fleetql.schema.suggestions import HideSuggestions
 
-__all__ = ["FleetSchema", "PerEventExecutionContext", "build_schema", "is_unexpected"]
+__all__ = [
+    "VALIDATION_CACHE_SIZE",
+    "FleetSchema",
+    "PerEventExecutionContext",
+    "build_schema",
+    "is_unexpected",
+]
 
 logger = logging.getLogger("fleetql.graphql")
+
+# Distinct documents whose validation result is kept (strawberry's LRU, shared per size).
+VALIDATION_CACHE_SIZE = 256
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -74,23 +84,40 @@ class FleetSchema(strawberry.Schema):
                 logger.debug("client error (request %s): %s", request_id, _loggable(error))
 
 
-def build_schema(settings: ServerSettings | None = None) -> strawberry.Schema:
-    settings = settings or ServerSettings()
+def build_schema(settings: GraphQLSettings | None = None) -> strawberry.Schema:
+    """The schema with the limits and switches of the ``graphql`` settings.
+
+    Every validation rule is a class built here, once: strawberry's ValidationCache keys on the
+    rule classes, so a rule built per request would make every request miss it.
+    """
+    settings = settings or GraphQLSettings()
     check_every_root_field(Query, Mutation, Subscription)
-    limits = query_limits_rule(max_aliases=settings.max_aliases, max_depth=settings.max_query_depth)
+    rules: list[type[ASTValidationRule]] = [
+        query_limits_rule(
+            max_aliases=settings.max_aliases,
+            max_depth=settings.max_depth,
+            max_directives=settings.max_directives,
+        )
+    ]
+    if not settings.introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    batching = (
+        BatchingConfig(max_operations=settings.max_batch_operations) if settings.batching else None
+    )
     return FleetSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        config=StrawberryConfig(scalar_map=SCALAR_MAP, batching_config=batching),
         execution_context_class=PerEventExecutionContext,
         extensions=[
-            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            lambda: AddValidationRules([limits]),
+            lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
+            lambda: AddValidationRules(rules),
             lambda: ParserCache(maxsize=256),
-            lambda: ValidationCache(maxsize=256),
+            lambda: ValidationCache(maxsize=VALIDATION_CACHE_SIZE),
             # Before MaskErrors, so that it sees (and sorts) errors before they are masked.
             lambda: OperationMetrics(unexpected=is_unexpected),
+            *([] if settings.introspection else [HideSuggestions]),
             lambda: MaskErrors(
                 should_mask_error=is_unexpected,
                 error_message="Internal error; the server log has it under this request's id.",
