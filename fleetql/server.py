@@ -98,6 +98,8 @@ def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Conf
         # Events are a few hundred bytes: deflate saves little and its per-connection state is
         # half of a subscriber's memory (bench/fanout.py).
         ws_per_message_deflate=False,
+        # A websocket message is bounded like an HTTP body (uvicorn's default is 16 MiB).
+        ws_max_size=settings.server.max_body_bytes,
         lifespan="on",
         **options,
     )
