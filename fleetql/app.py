@@ -44,7 +44,7 @@ from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
 from fleetql.health import livez, readyz
 from fleetql.housekeeping import housekeeping_forever
-from fleetql.keystore import load_encryption_key
+from fleetql.keystore import load_key_ring
 from fleetql.logs import log_context
 from fleetql.metrics.exposition import metrics_endpoint
 from fleetql.metrics.instruments import Metrics
@@ -53,6 +53,7 @@ from fleetql.poller.service import running_poller
 from fleetql.requestid import RequestIdMiddleware, request_id_of
 from fleetql.requestshape import JsonOnlyMiddleware
 from fleetql.resolvers.context import Context, Services
+from fleetql.rotation import record_checker
 from fleetql.schema import build_schema
 from fleetql.server import ABORT_EXTENSION
 from fleetql.shutdown import Drain
@@ -206,8 +207,7 @@ async def open_services(
             data_dir = settings.database.embedded_data_dir
             url = await stack.enter_async_context(embedded_postgres(data_dir))
             generate_key_in = data_dir.expanduser().resolve().parent
-        key = load_encryption_key(settings.encryption, generate_in=generate_key_in)
-        cipher = KubeconfigCipher(key)
+        cipher = KubeconfigCipher(load_key_ring(settings.encryption, generate_in=generate_key_in))
         engine = create_engine(url, settings.database)
         stack.push_async_callback(engine.dispose)
         metrics = Metrics(max_operation_names=settings.metrics.max_operation_names)
@@ -217,10 +217,18 @@ async def open_services(
         sessions = create_session_factory(engine)
         async with sessions() as session:
             await verify_encryption_key(
-                session, key_id=key.key_id, can_decrypt=cipher.can_decrypt_with
+                session,
+                key_id=cipher.key_id,
+                can_decrypt=cipher.can_decrypt_with,
+                check=record_checker(cipher),
+                needs_check=lambda key_id: not cipher.proves(key_id),
             )
             await session.commit()
-        logger.info("encryption key %s verified against the stored kubeconfigs", key.key_id)
+        logger.info(
+            "encryption key ring %s (primary %s) verified against the stored kubeconfigs",
+            ", ".join(sorted(cipher.key_ids)),
+            cipher.key_id,
+        )
 
         async def load_clusters(ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, ClusterRecord]:
             async with sessions() as session:

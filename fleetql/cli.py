@@ -1,4 +1,4 @@
-"""The `fleetql` command: serve, migrate, import a kubeconfig, make a key."""
+"""The `fleetql` command: serve, migrate, import a kubeconfig, make and rotate keys."""
 
 from __future__ import annotations
 
@@ -112,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
 
     keygen = commands.add_parser("generate-key", help="print a new encryption key (base64)")
     keygen.set_defaults(run=_generate_key)
+
+    rotate = commands.add_parser(
+        "rotate-key",
+        help="rewrap every stored data key onto the primary key (online, resumable)",
+    )
+    _add_config(rotate)
+    rotate.add_argument(
+        "--batch-size", type=int, default=100, metavar="N", help="records per transaction (100)"
+    )
+    rotate.set_defaults(run=_rotate_key)
 
     sdl = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
     sdl.set_defaults(run=_print_schema)
@@ -298,6 +308,40 @@ def _generate_key(args: argparse.Namespace) -> int:
 
     print(EncryptionKey.generate().to_base64())
     return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    """Exit 0 once no record uses a key other than the primary; 1 while some still do."""
+    from fleetql.app import open_services
+    from fleetql.rotation import rotate_keys
+
+    if args.batch_size < 1:
+        print("fleetql: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+
+    async def run() -> int:
+        async with open_services(settings, migrate=False, relay_events=False) as services:
+            cipher = services.cipher
+            others = sorted(cipher.key_ids - {cipher.key_id})
+            print(f"primary key {cipher.key_id}; other keys: {', '.join(others) or 'none'}")
+            report = await rotate_keys(
+                services.sessions,
+                cipher,
+                batch_size=args.batch_size,
+                progress=lambda line: print(line, flush=True),
+            )
+        print(f"rewrapped {report.rewrapped} records onto key {report.primary}")
+        for cluster_id, problem in sorted(report.failed.items()):
+            print(f"cannot rewrap cluster {cluster_id}: {problem}", file=sys.stderr)
+        for key_id in sorted({*others, *report.found, *report.retired, *report.remaining}):
+            if key_id in report.remaining:
+                print(f"{report.remaining[key_id]} records still use key {key_id}")
+            else:
+                print(f"no record uses key {key_id} any more; it may be removed from the ring")
+        return 0 if report.complete else 1
+
+    return asyncio.run(run())
 
 
 def _print_schema(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ _ALIASES = {
     "FLEETQL_ENCRYPTION_KEY_FILE": ("encryption", "key_file"),
 }
 
+_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -160,9 +161,59 @@ class DatabaseSettings(_Section):
         return value
 
 
+class KeyRingEntry(_Section):
+    """One key of ``encryption.keys``: base64 text or a file, named by ``id`` (default: the
+    key's fingerprint, as a lone ``encryption.key`` is)."""
+
+    id: str | None = None
+    key: str | None = Field(default=None, repr=False)
+    key_file: Path | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is not None and not _KEY_ID.match(value):
+            raise ValueError(
+                "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyRingEntry:
+        if (self.key is None) == (self.key_file is None):
+            raise ValueError("give exactly one of key (base64) and key_file")
+        return self
+
+
 class EncryptionSettings(_Section):
     key: str | None = Field(default=None, repr=False)
     key_file: Path | None = None
+    # A key ring for rotation; a lone key/key_file joins it. `primary` (a key id) wraps new data
+    # keys and is required once the ring holds more than one key.
+    keys: tuple[KeyRingEntry, ...] = ()
+    primary: str | None = None
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        # From the environment (FLEETQL_ENCRYPTION__KEYS) the ring comes as JSON text.
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else ()
+            except ValueError:
+                raise ValueError(
+                    'must be a list of {"id": ..., "key": ...} or {"id": ..., "key_file": ...} '
+                    "(JSON in the environment)"
+                ) from None
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_ids(cls, value: tuple[KeyRingEntry, ...]) -> tuple[KeyRingEntry, ...]:
+        named = [entry.id for entry in value if entry.id is not None]
+        if duplicates := sorted({name for name in named if named.count(name) > 1}):
+            raise ValueError(f"key id {', '.join(duplicates)} is given more than once")
+        return value
 
 
 class PollerSettings(_Section):

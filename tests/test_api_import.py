@@ -94,7 +94,7 @@ async def test_stored_kubeconfig_is_encrypted_minimal_and_never_returned(
     finally:
         await connection.close()
     assert TOKEN.encode() not in row["kubeconfig_ciphertext"]
-    assert row["kubeconfig_format"] == 1
+    assert row["kubeconfig_format"] == 2  # envelope encryption: tests/test_envelope.py
 
     from fleetql.crypto import EncryptedBlob, EncryptionKey, KubeconfigCipher
 

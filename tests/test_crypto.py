@@ -28,7 +28,7 @@ def test_round_trip_returns_the_plaintext() -> None:
 
     blob = cipher.encrypt(PLAINTEXT, cluster_id=CLUSTER)
 
-    assert blob.format_version == FORMAT_VERSION == 1
+    assert blob.format_version == FORMAT_VERSION == 2
     assert PLAINTEXT not in blob.payload
     assert cipher.decrypt(blob, cluster_id=CLUSTER) == PLAINTEXT
 
@@ -40,7 +40,9 @@ def test_blob_names_the_key_that_encrypted_it() -> None:
     blob = cipher.encrypt(PLAINTEXT, cluster_id=CLUSTER)
 
     assert blob.key_id == key.key_id == cipher.key_id
-    assert len(blob.payload) == 12 + len(PLAINTEXT) + 16
+    # Header (version, key id), wrapped data key (nonce, key, tag), body (nonce, text, tag).
+    assert len(blob.payload) == 2 + len(key.key_id) + (12 + 32 + 16) + 12 + len(PLAINTEXT) + 16
+    assert blob.payload[2 : 2 + len(key.key_id)] == key.key_id.encode()
 
 
 def test_each_encryption_uses_a_fresh_nonce() -> None:
@@ -49,18 +51,19 @@ def test_each_encryption_uses_a_fresh_nonce() -> None:
     first = cipher.encrypt(PLAINTEXT, cluster_id=CLUSTER)
     second = cipher.encrypt(PLAINTEXT, cluster_id=CLUSTER)
 
-    assert first.payload[:12] != second.payload[:12]
-    assert first.payload != second.payload
+    header = 2 + len(first.key_id)
+    assert first.payload[header : header + 12] != second.payload[header : header + 12]
+    assert first.payload[-len(PLAINTEXT) - 28 :] != second.payload[-len(PLAINTEXT) - 28 :]
 
 
-@pytest.mark.parametrize("position", [0, 12, -1])
+@pytest.mark.parametrize("position", [0, 1, 12, 18, 40, 80, -1])
 def test_tampered_payload_is_refused(position: int) -> None:
     cipher = KubeconfigCipher(EncryptionKey.generate())
     blob = cipher.encrypt(PLAINTEXT, cluster_id=CLUSTER)
     payload = bytearray(blob.payload)
     payload[position] ^= 0x01
 
-    with pytest.raises(DecryptionError, match="tampered with or belongs to another cluster"):
+    with pytest.raises(DecryptionError, match=r"damaged|tampered|truncated"):
         cipher.decrypt(dataclasses.replace(blob, payload=bytes(payload)), cluster_id=CLUSTER)
 
 
@@ -100,8 +103,8 @@ def test_unknown_format_version_is_refused() -> None:
     cipher = KubeconfigCipher(EncryptionKey.generate())
     blob = cipher.encrypt(PLAINTEXT, cluster_id=CLUSTER)
 
-    with pytest.raises(DecryptionError, match="format version 2"):
-        cipher.decrypt(dataclasses.replace(blob, format_version=2), cluster_id=CLUSTER)
+    with pytest.raises(DecryptionError, match="format version 3"):
+        cipher.decrypt(dataclasses.replace(blob, format_version=3), cluster_id=CLUSTER)
 
 
 def test_previous_key_decrypts_but_only_the_current_key_encrypts() -> None:

@@ -9,7 +9,6 @@ claims expire and the clusters become due again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -225,7 +224,12 @@ class Poller:
         timeout = self.settings.client_timeout.total_seconds()
         try:
             # Decrypted and parsed only when a client is built: a pooled one needs neither.
-            fingerprint = hashlib.sha256(due.kubeconfig_ciphertext).hexdigest()
+            # Unchanged by a key rotation's rewrap: pooled clients survive it.
+            fingerprint = EncryptedBlob(
+                format_version=due.kubeconfig_format,
+                key_id=due.kubeconfig_key_id,
+                payload=due.kubeconfig_ciphertext,
+            ).content_fingerprint()
 
             def build() -> ApiClient:
                 return build_api_client(self._kubeconfig(due), self.client_policy)
