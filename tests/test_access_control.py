@@ -493,3 +493,16 @@ async def test_the_import_command_sends_its_token(
         "{ events(filter: {types: [IMPORTED]}) { items { actor message } } }"
     )
     assert [item["actor"] for item in log["events"]["items"]] == ["ci"]
+
+
+async def test_a_socket_holds_at_most_the_configured_number_of_subscriptions(
+    secured: ThreadedServer, issuer: Issuer
+) -> None:
+    init = {"authorization": f"Bearer {issuer.token('ana', ['fleet-viewers'])}"}
+    async with GraphQLWebSocket.open(secured.ws_url, init_payload=init) as ws:
+        operations = [await ws.subscribe(EVENTS) for _ in range(100)]  # the default cap
+        extra = await ws.subscribe(EVENTS)
+        refused = await ws.next_message(extra)
+        assert refused["type"] == "error"
+        assert "limit" in str(refused["payload"]).lower()
+        assert all(ws.pending(operation) == 0 for operation in operations)

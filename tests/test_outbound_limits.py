@@ -82,7 +82,16 @@ class Held:
     data: bytes
 
 
-Answer = Callable[[str], Awaitable[bytes | Held | None] | bytes | Held | None]
+@dataclass(frozen=True)
+class Trickle:
+    """Send these bytes one at a time, ``every`` seconds apart: never a long enough silence to
+    trip a read timeout, and never done either."""
+
+    data: bytes
+    every: float
+
+
+Answer = Callable[[str], Awaitable[bytes | Held | Trickle | None] | bytes | Held | Trickle | None]
 
 
 @dataclass
@@ -141,9 +150,18 @@ class ScriptedServer:
         path = request_line.split(" ")[1]
         self.requests.append(Request(path, headers))
         answer = self.answer(path)
-        if not isinstance(answer, bytes | Held | None):
+        if not isinstance(answer, bytes | Held | Trickle | None):
             answer = await answer
         if answer is None:
+            return
+        if isinstance(answer, Trickle):
+            try:
+                for index in range(len(answer.data)):
+                    writer.write(answer.data[index : index + 1])
+                    await writer.drain()
+                    await asyncio.sleep(answer.every)
+            except (ConnectionError, ssl.SSLError):
+                pass
             return
         if isinstance(answer, Held):
             writer.write(answer.data)
@@ -259,6 +277,26 @@ async def test_a_server_that_stalls_mid_answer_is_cut_off_by_the_read_timeout(
 
     assert error.error.code == "TIMEOUT"
     assert "/version: the server stopped sending mid-answer" in error.error.message
+    assert elapsed < 20
+
+
+async def test_a_body_that_trickles_is_cut_off_by_the_whole_request_bound(
+    scripted: ScriptedServer, authority: CertificateAuthority
+) -> None:
+    body = b"{" + b" " * 200 + b"}"
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    def trickle(path: str) -> bytes | Trickle:
+        if path.startswith("/version"):
+            return Trickle(head + body, every=0.2)  # a minute of bytes, none 1 s apart
+        return healthy(path)
+
+    scripted.answer = trickle
+    policy = ClientPolicy(read_timeout=1.0)
+
+    error, elapsed = await failure_of(scripted.url, authority, policy, request_timeout=3.0)
+
+    assert error.error.code == "TIMEOUT"
     assert elapsed < 20
 
 
