@@ -18,7 +18,14 @@ from typing import Any
 
 from bench._support import machine
 
-BENCHMARKS = ("list_queries", "imports", "poller", "fanout", "validation_cache")
+BENCHMARKS = (
+    "list_queries",
+    "history_queries",
+    "imports",
+    "poller",
+    "fanout",
+    "validation_cache",
+)
 HERE = Path(__file__).parent
 RESULTS_JSON = HERE / "results.json"
 RESULTS_MD = HERE / "RESULTS.md"

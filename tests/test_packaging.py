@@ -304,6 +304,7 @@ async def test_the_compose_demo_path_works_here(
 
 # --- README ---------------------------------------------------------------------------------------
 
+
 def test_readme_alert_rules_parse_and_use_the_exported_metric_names() -> None:
     readme = (REPO / "README.md").read_text()
     block = readme.split("Example Prometheus alert rules", 1)[1].split("```yaml", 1)[1]
