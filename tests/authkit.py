@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fleetql.config import AuthSettings, Settings
+from tests.conftest import GraphQLClient
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "fleetql"
@@ -83,30 +84,16 @@ def jwt_settings(settings: Settings, issuer: Issuer, **auth: Any) -> Settings:
     return settings.model_copy(update={"auth": AuthSettings.model_validate(values)})
 
 
-class AuthClient:
+class AuthClient(GraphQLClient):
     """Posts GraphQL as one principal."""
 
     def __init__(self, http: httpx.AsyncClient, url: str, token: str | None) -> None:
-        self.http = http
-        self.url = url
+        super().__init__(http, url)
         self.token = token
 
     @property
-    def headers(self) -> Mapping[str, str]:
+    def headers(self) -> dict[str, str]:
         return {} if self.token is None else {"authorization": f"Bearer {self.token}"}
-
-    async def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = await self.http.post(
-            self.url, json={"query": query, "variables": variables}, headers=self.headers
-        )
-        body: dict[str, Any] = response.json()
-        return body
-
-    async def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = await self.post(query, variables)
-        assert "errors" not in body, body["errors"]
-        result: dict[str, Any] = body["data"]
-        return result
 
 
 def forbidden(body: Mapping[str, Any]) -> bool:

@@ -233,8 +233,15 @@ class GraphQLClient:
         self.http = http
         self.url = url
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Sent with every request (a subclass adds credentials)."""
+        return {}
+
     async def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = await self.http.post(self.url, json={"query": query, "variables": variables})
+        response = await self.http.post(
+            self.url, json={"query": query, "variables": variables}, headers=self.headers
+        )
         body: dict[str, Any] = response.json()
         return body
 
