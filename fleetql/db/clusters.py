@@ -8,24 +8,30 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
+    Text,
     and_,
+    bindparam,
     case,
     false,
     func,
+    insert,
+    literal,
     not_,
     or_,
     select,
     true,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.models import Cluster, ClusterState, ClusterStatus
@@ -332,6 +338,10 @@ async def name_is_taken(session: AsyncSession, name: str) -> bool:
     return (await session.execute(query)).first() is not None
 
 
+# The partial unique index on live clusters' names (alembic/versions/0001_clusters.py).
+NAME_INDEX = "clusters_name_live_key"
+
+
 @dataclass(frozen=True)
 class NewCluster:
     id: uuid.UUID
@@ -347,27 +357,91 @@ class NewCluster:
     credential_subject: str | None = None
 
 
-async def insert_cluster(session: AsyncSession, new: NewCluster) -> None:
-    """Add the cluster and its UNKNOWN state, due for a check at once. The caller commits; a
-    concurrent import of the same name fails on the partial unique index (IntegrityError)."""
-    session.add(
-        Cluster(
-            id=new.id,
-            name=new.name,
-            description=new.description,
-            labels=dict(new.labels),
-            api_server_url=new.api_server_url,
-            kubeconfig_ciphertext=new.kubeconfig_ciphertext,
-            kubeconfig_key_id=new.kubeconfig_key_id,
-            kubeconfig_format=new.kubeconfig_format,
-            credential_kind=new.credential_kind,
-            credential_expires_at=new.credential_expires_at,
-            credential_subject=new.credential_subject,
-        )
+# What an import writes to ``clusters``, and the state columns a new record shows.
+_INSERTED = tuple(spec.name for spec in fields(NewCluster))
+_STATE_FIELDS = (
+    "status",
+    "node_count",
+    "ready_node_count",
+    "cpu_capacity_cores",
+    "cpu_allocatable_cores",
+    "cpu_usage_cores",
+    "memory_capacity_bytes",
+    "memory_allocatable_bytes",
+    "memory_usage_bytes",
+    "kubernetes_version",
+    "last_heartbeat_at",
+    "last_checked_at",
+    "last_error_code",
+    "last_error_message",
+    "consecutive_failures",
+    "pending_status",
+)
+
+
+def _insert_cluster_and_state() -> Select[*tuple[Any, ...]]:
+    """One statement for the cluster and its state, built once so that its compiled form is
+    cached: ``WITH c AS (INSERT INTO clusters … RETURNING …), s AS (INSERT INTO cluster_states
+    SELECT … FROM c RETURNING …) SELECT … FROM c JOIN s``."""
+    clusters = cast(Table, Cluster.__table__)
+    states = cast(Table, ClusterState.__table__)
+    new_cluster = (
+        insert(clusters)
+        .values({name: bindparam(name, type_=clusters.c[name].type) for name in _INSERTED})
+        .returning(clusters.c.id, clusters.c.created_at, clusters.c.updated_at, clusters.c.version)
+        .cte("new_cluster")
     )
-    await session.flush()
-    session.add(ClusterState(cluster_id=new.id, status=ClusterStatus.UNKNOWN.value))
-    await session.flush()
+    new_state = (
+        insert(states)
+        .from_select(
+            ["cluster_id", "status"],
+            select(new_cluster.c.id, literal(ClusterStatus.UNKNOWN.value, type_=Text())),
+        )
+        .returning(*(states.c[name] for name in ("cluster_id", *_STATE_FIELDS)))
+        .cte("new_state")
+    )
+    query: Select[*tuple[Any, ...]] = select(
+        new_cluster.c.created_at,
+        new_cluster.c.updated_at,
+        new_cluster.c.version,
+        *(new_state.c[name] for name in _STATE_FIELDS),
+    ).join_from(new_cluster, new_state, new_state.c.cluster_id == new_cluster.c.id)
+    return query
+
+
+_INSERT_CLUSTER = _insert_cluster_and_state()
+
+
+async def insert_cluster(session: AsyncSession, new: NewCluster) -> ClusterRecord:
+    """Add the cluster and its UNKNOWN state, due for a check at once, in one Core statement,
+    and return the record as stored (no read-back). The caller commits; an import of a name a
+    live cluster has fails on the partial unique index ``clusters_name_live_key``
+    (IntegrityError, see ``is_name_conflict``)."""
+    params = {name: getattr(new, name) for name in _INSERTED}
+    params["labels"] = dict(new.labels)
+    connection = await session.connection()
+    row = (await connection.execute(_INSERT_CLUSTER, params)).one()
+    stored = row._mapping
+    return ClusterRecord(
+        id=new.id,
+        name=new.name,
+        description=new.description,
+        labels=dict(new.labels),
+        api_server_url=new.api_server_url,
+        created_at=stored["created_at"],
+        updated_at=stored["updated_at"],
+        version=stored["version"],
+        credential_kind=new.credential_kind,
+        credential_expires_at=new.credential_expires_at,
+        credential_subject=new.credential_subject,
+        **{name: stored[name] for name in _STATE_FIELDS if name != "status"},
+        status=ClusterStatus(stored["status"]),
+    )
+
+
+def is_name_conflict(error: IntegrityError) -> bool:
+    """Whether ``error`` is the live-name unique index refusing a second live cluster."""
+    return NAME_INDEX in str(error.orig)
 
 
 async def find_cluster_id(session: AsyncSession, name: str) -> uuid.UUID | None:

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Insert, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.clusters import scope_condition
@@ -82,14 +82,41 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_LOGGED_COLUMNS = (
+    "cluster_id",
+    "type",
+    "previous_status",
+    "status",
+    "changes",
+    "message",
+    "actor",
+)
+
+
+def _insert_under_log_lock() -> Insert:
+    """``INSERT INTO cluster_events (…) SELECT :cluster_id, … FROM (SELECT
+    pg_advisory_xact_lock(…)) AS log_lock``: the lock and the insert in one round trip. The lock
+    is taken before the row, and so before its id, comes out of the subquery (a subquery with a
+    volatile function is never flattened); it is re-entrant, so each row of an executemany
+    takes it again harmlessly. Built once: its compiled form is cached, and it goes through no
+    ORM bulk-insert machinery (the poller logs in a check's transaction)."""
+    table = cast(Table, ClusterEventRecord.__table__)
+    log_lock = select(func.pg_advisory_xact_lock(LOG_LOCK).label("locked")).subquery("log_lock")
+    row = select(*(bindparam(name, type_=table.c[name].type) for name in _LOGGED_COLUMNS))
+    return insert(table).from_select(_LOGGED_COLUMNS, row.select_from(log_lock))
+
+
+_LOG_EVENTS = _insert_under_log_lock()
+
+
 async def log_events(session: AsyncSession, events: Sequence[NewEvent]) -> None:
     """Insert ``events`` in the caller's transaction (one statement). The caller commits at once:
     the log's lock is held until then."""
     if not events:
         return
-    await session.execute(select(func.pg_advisory_xact_lock(LOG_LOCK)))
-    await session.execute(
-        insert(ClusterEventRecord),
+    connection = await session.connection()
+    await connection.execute(
+        _LOG_EVENTS,
         [
             {
                 "cluster_id": event.cluster_id,

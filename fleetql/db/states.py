@@ -7,13 +7,25 @@ that dies mid-check leaves clusters that simply become due again when the lease 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Interval,
+    Table,
+    Update,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.events import NewEvent, log_events
@@ -59,43 +71,94 @@ class StateChange:
     at: datetime
 
 
+# Core statements on the tables, built once (or once per shape) with bound parameters: their
+# compiled form is cached, and none goes through the ORM's update machinery. Each check runs one.
+_clusters = cast(Table, Cluster.__table__)
+_states = cast(Table, ClusterState.__table__)
+_STATE_COLUMNS = frozenset(_states.c.keys())
+
+
+def _claim_statement() -> Update:
+    due = (
+        select(_states.c.cluster_id)
+        .join(_clusters, _clusters.c.id == _states.c.cluster_id)
+        .where(
+            _states.c.next_check_at <= func.now(),
+            or_(_states.c.claimed_until.is_(None), _states.c.claimed_until <= func.now()),
+            _clusters.c.deleted_at.is_(None),
+            _clusters.c.kubeconfig_ciphertext.is_not(None),
+        )
+        .order_by(_states.c.next_check_at)
+        .limit(bindparam("limit", type_=Integer()))
+        .with_for_update(of=_states, skip_locked=True)
+        .cte("due")
+    )
+    lease_ends = func.now() + bindparam("lease", type_=Interval())
+    return (
+        update(_states)
+        .where(_states.c.cluster_id == due.c.cluster_id, _clusters.c.id == _states.c.cluster_id)
+        .values(next_check_at=lease_ends, claimed_until=lease_ends)
+        .returning(
+            _clusters.c.id,
+            _clusters.c.name,
+            _clusters.c.kubeconfig_ciphertext,
+            _clusters.c.kubeconfig_key_id,
+            _clusters.c.kubeconfig_format,
+            _states.c.status,
+            _states.c.consecutive_failures,
+            _states.c.last_checked_at,
+            _states.c.pending_status,
+            _states.c.pending_count,
+        )
+    )
+
+
+_CLAIM = _claim_statement()
+
+
 async def claim_due_clusters(
     session: AsyncSession, *, limit: int, lease: timedelta
 ) -> list[DueCluster]:
     """Claim up to ``limit`` due clusters for this process for ``lease``; the caller commits."""
-    due = (
-        select(ClusterState.cluster_id)
-        .join(Cluster, Cluster.id == ClusterState.cluster_id)
+    connection = await session.connection()
+    rows = await connection.execute(_CLAIM, {"limit": limit, "lease": lease})
+    return [DueCluster(**row._mapping) for row in rows.all()]
+
+
+@functools.lru_cache(maxsize=64)
+def _record_statement(columns: tuple[str, ...], heartbeat: bool) -> Update:
+    """The UPDATE for one shape of check result (which columns it sets, and whether it is a
+    heartbeat): a handful of shapes, each built and compiled once."""
+    old = (
+        select(_states)
         .where(
-            ClusterState.next_check_at <= func.now(),
-            or_(ClusterState.claimed_until.is_(None), ClusterState.claimed_until <= func.now()),
-            Cluster.deleted_at.is_(None),
-            Cluster.kubeconfig_ciphertext.is_not(None),
+            _states.c.cluster_id == bindparam("id", type_=_states.c.cluster_id.type),
+            exists().where(
+                _clusters.c.id == bindparam("id", type_=_clusters.c.id.type),
+                _clusters.c.deleted_at.is_(None),
+            ),
         )
-        .order_by(ClusterState.next_check_at)
-        .limit(limit)
-        .with_for_update(of=ClusterState, skip_locked=True)
-        .cte("due")
+        .with_for_update()
+        .cte("old")
     )
-    claim = (
-        update(ClusterState)
-        .where(ClusterState.cluster_id == due.c.cluster_id, Cluster.id == ClusterState.cluster_id)
-        .values(next_check_at=func.now() + lease, claimed_until=func.now() + lease)
+    now = func.now()
+    return (
+        update(_states)
+        .where(_states.c.cluster_id == old.c.cluster_id)
+        .values(
+            **{name: bindparam(f"new_{name}", type_=_states.c[name].type) for name in columns},
+            **({"last_heartbeat_at": now} if heartbeat else {}),
+            last_checked_at=now,
+            next_check_at=now + bindparam("next_check_in", type_=Interval()),
+            claimed_until=None,
+            updated_at=now,
+        )
         .returning(
-            Cluster.id,
-            Cluster.name,
-            Cluster.kubeconfig_ciphertext,
-            Cluster.kubeconfig_key_id,
-            Cluster.kubeconfig_format,
-            ClusterState.status,
-            ClusterState.consecutive_failures,
-            ClusterState.last_checked_at,
-            ClusterState.pending_status,
-            ClusterState.pending_count,
+            now.label("at"),
+            *(old.c[name].label(f"old_{name}") for name in WATCHED_FIELDS),
+            old.c.consecutive_failures.label("old_consecutive_failures"),
         )
     )
-    rows = (await session.execute(claim)).all()
-    return [DueCluster(**row._mapping) for row in rows]
 
 
 async def record_check(
@@ -109,33 +172,15 @@ async def record_check(
     """Write a check's result in one statement; return the change, if any field a user cares
     about changed. ``heartbeat`` marks a successful check. A cluster removed meanwhile is left
     alone. The caller commits."""
-    old = (
-        select(ClusterState)
-        .where(
-            ClusterState.cluster_id == cluster_id,
-            exists().where(Cluster.id == cluster_id, Cluster.deleted_at.is_(None)),
-        )
-        .with_for_update()
-        .cte("old")
-    )
-    statement = (
-        update(ClusterState)
-        .where(ClusterState.cluster_id == old.c.cluster_id)
-        .values(
-            **values,
-            **({"last_heartbeat_at": func.now()} if heartbeat else {}),
-            last_checked_at=func.now(),
-            next_check_at=func.now() + next_check_in,
-            claimed_until=None,
-            updated_at=func.now(),
-        )
-        .returning(
-            func.now().label("at"),
-            *(old.c[name].label(f"old_{name}") for name in WATCHED_FIELDS),
-            old.c.consecutive_failures.label("old_consecutive_failures"),
-        )
-    )
-    row = (await session.execute(statement)).first()
+    columns = tuple(sorted(values))
+    unknown = set(columns) - _STATE_COLUMNS
+    if unknown:
+        raise ValueError(f"cluster_states has no column {', '.join(sorted(unknown))}")
+    params: dict[str, Any] = {f"new_{name}": values[name] for name in columns}
+    params |= {"id": cluster_id, "next_check_in": next_check_in}
+    connection = await session.connection()
+    result = await connection.execute(_record_statement(columns, heartbeat), params)
+    row = result.first()
     if row is None:
         return None
     previous = {name: row._mapping[f"old_{name}"] for name in WATCHED_FIELDS}
@@ -237,19 +282,23 @@ async def request_checks(session: AsyncSession, where: Sequence[Any]) -> int:
     return len((await session.execute(statement)).all())
 
 
+_RELEASE = (
+    update(_states)
+    .where(
+        _states.c.cluster_id.in_(bindparam("cluster_ids", expanding=True)),
+        _states.c.claimed_until.is_not(None),
+    )
+    .values(claimed_until=None, next_check_at=func.now())
+    .returning(_states.c.cluster_id)
+)
+
+
 async def release_claims(session: AsyncSession, cluster_ids: Sequence[uuid.UUID]) -> int:
     """Give back claims a stopping poller holds on checks it will not finish, due now, so another
     replica checks them at once instead of after the lease; returns how many. A claim that a
     finished check already cleared is left alone. The caller commits."""
     if not cluster_ids:
         return 0
-    statement = (
-        update(ClusterState)
-        .where(
-            ClusterState.cluster_id.in_(cluster_ids),
-            ClusterState.claimed_until.is_not(None),
-        )
-        .values(claimed_until=None, next_check_at=func.now())
-        .returning(ClusterState.cluster_id)
-    )
-    return len((await session.execute(statement)).all())
+    connection = await session.connection()
+    released = await connection.execute(_RELEASE, {"cluster_ids": list(cluster_ids)})
+    return len(released.all())

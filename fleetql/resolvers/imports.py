@@ -138,43 +138,39 @@ async def import_cluster(
     cluster_id = uuid.uuid4()
     blob = context.services.cipher.encrypt(resolved.to_yaml(), cluster_id=cluster_id)
     credential = inspect_credential(resolved)
-    taken = UserError("name", "NAME_TAKEN", f"a cluster named {name!r} already exists")
+    new = db.NewCluster(
+        id=cluster_id,
+        name=name,
+        description=description,
+        labels=dict(labels),
+        api_server_url=resolved.server,
+        kubeconfig_ciphertext=blob.payload,
+        kubeconfig_key_id=blob.key_id,
+        kubeconfig_format=blob.format_version,
+        credential_kind=credential.kind.value,
+        credential_expires_at=credential.expires_at,
+        credential_subject=credential.subject,
+    )
+    imported = NewEvent(
+        cluster_id=cluster_id,
+        type=EventType.IMPORTED,
+        status=ClusterStatus.UNKNOWN.value,
+        message=f"imported {name!r} ({resolved.server})",
+        actor=context.actor,
+    )
+    # No name check first: the partial unique index on live names answers NAME_TAKEN in the
+    # insert itself, race-free, and the record comes back from the insert (no read-back).
     async with context.services.sessions() as session:
-        if await db.name_is_taken(session, name):
-            return ImportResult(cluster=None, user_errors=[taken])
-        new = db.NewCluster(
-            id=cluster_id,
-            name=name,
-            description=description,
-            labels=dict(labels),
-            api_server_url=resolved.server,
-            kubeconfig_ciphertext=blob.payload,
-            kubeconfig_key_id=blob.key_id,
-            kubeconfig_format=blob.format_version,
-            credential_kind=credential.kind.value,
-            credential_expires_at=credential.expires_at,
-            credential_subject=credential.subject,
-        )
         try:
-            await db.insert_cluster(session, new)
-            await log_events(
-                session,
-                [
-                    NewEvent(
-                        cluster_id=cluster_id,
-                        type=EventType.IMPORTED,
-                        status=ClusterStatus.UNKNOWN.value,
-                        message=f"imported {name!r} ({resolved.server})",
-                        actor=context.actor,
-                    )
-                ],
-            )
+            record = await db.insert_cluster(session, new)
+            await log_events(session, [imported])
             await session.commit()
-        except IntegrityError:
-            # Another import took the name between our check and our insert.
+        except IntegrityError as error:
+            if not db.is_name_conflict(error):
+                raise
             await session.rollback()
+            taken = UserError("name", "NAME_TAKEN", f"a cluster named {name!r} already exists")
             return ImportResult(cluster=None, user_errors=[taken])
-        record = await db.get_cluster(session, cluster_id)
     context.services.relay.wake()
     return ImportResult(cluster=record)
 
