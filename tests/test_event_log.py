@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -242,3 +243,39 @@ async def test_resuming_from_before_the_retention_window_is_refused(
     payload = message["payload"]
     errors = payload if isinstance(payload, list) else payload["errors"]
     assert errors[0]["message"].startswith("after: event 5 is older than the event log keeps")
+
+
+async def test_logged_changes_round_trip_decimals_datetimes_and_nested_values(
+    api: GraphQLClient, sessions: async_sessionmaker[AsyncSession], kubeconfigs: KubeconfigFactory
+) -> None:
+    cluster_id = uuid.UUID(await import_cluster(api, "jsonb", kubeconfigs))
+    seen = datetime(2026, 11, 26, 4, 30, 15, 123456, tzinfo=UTC)
+    async with sessions() as session:
+        await log_events(
+            session,
+            [
+                NewEvent(
+                    cluster_id=cluster_id,
+                    type=EventType.UPDATED,
+                    status=None,
+                    changes={
+                        "cpu_capacity_cores": (Decimal("3.500"), Decimal("4")),
+                        "last_heartbeat_at": (None, seen),
+                        "labels": ({"env": "prod", "tier": "é"}, {}),
+                        "node_count": (2, 3),
+                    },
+                    message="ünïcode",
+                )
+            ],
+        )
+        await session.commit()
+    async with sessions() as session:
+        page = await list_events(session, cluster_ids=[cluster_id], types=[EventType.UPDATED])
+    (event,) = page.items
+    assert event.changes == {
+        "cpu_capacity_cores": ["3.5", "4"],
+        "last_heartbeat_at": [None, "2026-11-26T04:30:15.123456+00:00"],
+        "labels": [{"env": "prod", "tier": "é"}, {}],
+        "node_count": [2, 3],
+    }
+    assert event.message == "ünïcode"

@@ -244,22 +244,31 @@ class EventBus:
         self.published += len(ids)
         self.metrics.published.inc(len(ids))
 
-    async def deliveries(self, events: Sequence[LoggedEvent]) -> list[Delivery]:
+    async def deliveries(
+        self, events: Sequence[LoggedEvent], *, clusters: bool = True
+    ) -> list[Delivery]:
         """``events`` with their clusters, loaded in one statement (and the labels of removed
-        ones in another, when there are any)."""
-        clusters = await self._load_clusters(list({event.cluster_id for event in events}))
-        removed = {event.cluster_id for event in events if event.cluster_id not in clusters}
-        labels: Mapping[uuid.UUID, Mapping[str, str]] = {}
+        ones in another, when there are any). ``clusters=False``: only the labels, in one
+        lighter statement, for a replay that shows no cluster but must check access."""
+        ids = list({event.cluster_id for event in events})
+        if not clusters and self._load_labels is not None:
+            labels = await self._load_labels(ids)
+            return [Delivery(event, None, labels=labels.get(event.cluster_id)) for event in events]
+        loaded = await self._load_clusters(ids)
+        removed = [cluster_id for cluster_id in ids if cluster_id not in loaded]
+        removed_labels: Mapping[uuid.UUID, Mapping[str, str]] = {}
         if removed and self._load_labels is not None:
-            labels = await self._load_labels(list(removed))
+            removed_labels = await self._load_labels(removed)
         deliveries = []
         for event in events:
-            cluster = clusters.get(event.cluster_id)
+            cluster = loaded.get(event.cluster_id)
             deliveries.append(
                 Delivery(
                     event,
                     cluster,
-                    labels=cluster.labels if cluster is not None else labels.get(event.cluster_id),
+                    labels=cluster.labels
+                    if cluster is not None
+                    else removed_labels.get(event.cluster_id),
                 )
             )
         return deliveries

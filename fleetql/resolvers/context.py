@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,49 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
 
 
+class SharedReads:
+    """One session for the reads that run at the same time in one context: a cluster's
+    ``events`` and ``availability`` resolve concurrently, and each session costs a pool
+    checkout with its pre-ping and a BEGIN … ROLLBACK, more than their statements do.
+
+    The session opens with the first reader and closes when the last one is done, so it never
+    outlives a request and never spans a websocket's events (whose context lasts as long as
+    the connection). Readers take turns: an AsyncSession runs one statement at a time.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._session: AsyncSession | None = None
+        self._readers = 0
+        self._turn = asyncio.Lock()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        self._readers += 1
+        try:
+            async with self._turn:
+                if self._session is None:
+                    self._session = self._sessions()
+                session = self._session
+                try:
+                    yield session
+                except Exception:
+                    # A failed statement aborts the transaction: the next reader gets a new one.
+                    await session.rollback()
+                    raise
+                except BaseException:
+                    # Cancelled, perhaps mid-statement: close it as an unshared session would
+                    # be closed; readers still waiting open a new one.
+                    self._session = None
+                    await session.close()
+                    raise
+        finally:
+            self._readers -= 1
+            if self._readers == 0 and self._session is not None:
+                idle, self._session = self._session, None
+                await idle.close()
+
+
 @dataclass(eq=False)
 class Context:
     """Mutable for one reason: on a websocket the principal is only known once the client's
@@ -46,6 +91,14 @@ class Context:
     # that fell behind). Over HTTP there is no connection to close.
     close_connection: Callable[[int, str], None] | None = None
     connection_params: dict[str, Any] | None = None
+    _reads: SharedReads | None = field(default=None, init=False, repr=False)
+
+    def reading(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session for reads only, shared with the reads running at the same time (see
+        SharedReads); writes open a session of their own and commit it."""
+        if self._reads is None:
+            self._reads = SharedReads(self.services.sessions)
+        return self._reads.session()
 
     @property
     def actor(self) -> str | None:

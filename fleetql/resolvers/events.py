@@ -8,7 +8,8 @@ after its query's snapshot either in the query or as an event: nothing falls bet
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fleetql.db import events as log
@@ -87,13 +88,19 @@ def event_filter(
 
 
 async def subscribe_cluster_events(
-    context: Context, where: EventFilter, *, after: str | None = None
+    context: Context,
+    where: EventFilter,
+    *,
+    after: str | None = None,
+    with_clusters: bool = True,
 ) -> AsyncIterator[Delivery]:
     """Register with the bus first; then, with ``after``, replay the logged events since then.
     Live events the replay already handed over are skipped, so the seam has no gap and no
-    duplicate."""
+    duplicate. ``with_clusters=False`` (the client selected no ``cluster``) replays events
+    without loading their clusters, unless the filter needs them."""
     bus = context.services.events
     principal = context.principal
+    scoped = context.scope() is not None
 
     def visible(labels: Mapping[str, str] | None) -> bool:
         return principal is not None and labels is not None and principal.covers(labels)
@@ -102,14 +109,23 @@ async def subscribe_cluster_events(
         where.accepts,
         on_close=context.close_connection,
         # An unscoped viewer sees everything: skip the check.
-        visible=None if context.scope() is None else visible,
+        visible=visible if scoped else None,
     )
     if after is None:
         return subscription
     try:
         after_id = parse_event_id(after, "after")
         replay = await _events_since(context, after_id)
-        deliveries = [d for d in await bus.deliveries(replay) if subscription.accepts(d)]
+        # The client's label filter tells a removed cluster from a live one: that takes the
+        # cluster itself. Access control only needs labels, and an unscoped viewer nothing.
+        candidates: Iterable[Delivery]
+        if with_clusters or where.labels or where.selector:
+            candidates = await bus.deliveries(replay)
+        elif scoped:
+            candidates = await bus.deliveries(replay, clusters=False)
+        else:
+            candidates = (Delivery(event, None) for event in replay)
+        deliveries = deque(d for d in candidates if subscription.accepts(d))
     except BaseException:
         await subscription.aclose()
         raise
@@ -139,7 +155,7 @@ async def _events_since(context: Context, after: int) -> list[LoggedEvent]:
 class _ReplayThenLive:
     """The replayed deliveries, then the live subscription's."""
 
-    def __init__(self, replay: list[Delivery], subscription: Subscription) -> None:
+    def __init__(self, replay: deque[Delivery], subscription: Subscription) -> None:
         self._replay = replay
         self._subscription = subscription
 
@@ -148,7 +164,7 @@ class _ReplayThenLive:
 
     async def __anext__(self) -> Delivery:
         if self._replay:
-            return self._replay.pop(0)
+            return self._replay.popleft()
         return await self._subscription.__anext__()
 
     async def aclose(self) -> None:

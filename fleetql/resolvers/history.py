@@ -42,7 +42,7 @@ async def list_events(
     if since is not None and until is not None and since >= until:
         raise InvalidArgument("filter.since", "must be before filter.until")
     before_id = None if after is None else parse_event_id(after, "after")
-    async with context.services.sessions() as session:
+    async with context.reading() as session:
         page = await log.list_events(
             session,
             cluster_ids=ids,
@@ -66,7 +66,7 @@ async def cluster_availability(
         raise InvalidArgument("window", str(error)) from None
     now = now or datetime.now(UTC)
     start = now - length
-    async with context.services.sessions() as session:
+    async with context.reading() as session:
         initial, changes = await log.status_history(session, cluster_id, since=start)
     return availability(
         initial=initial,
@@ -82,7 +82,7 @@ async def cluster_is_flapping(
     """More status changes in the last hour than cluster_manager.flapping_threshold."""
     now = now or datetime.now(UTC)
     window = timedelta(hours=1)
-    async with context.services.sessions() as session:
+    async with context.reading() as session:
         _, changes = await log.status_history(session, cluster_id, since=now - window)
     threshold = context.services.settings.cluster_manager.flapping_threshold
     return is_flapping(

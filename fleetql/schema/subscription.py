@@ -7,6 +7,7 @@ from typing import Annotated, cast
 
 import strawberry
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from fleetql.events.bus import Delivery
 from fleetql.resolvers import events
@@ -71,8 +72,26 @@ async def _subscribe(
             types=where.types or (),
         ),
         after=None if after is None else str(after),
+        with_clusters=_selects_cluster(info),
     )
     return _EventStream(deliveries)
+
+
+def _selects_cluster(info: Info[Context, None]) -> bool:
+    """Whether the payload's ``cluster`` is selected, through fragments too: a replay loads
+    the clusters of its events only then. (``@skip``/``@include`` are not evaluated: such a
+    ``cluster`` counts as selected, which only costs the load.)"""
+
+    def at_this_level(selections: list[Selection]) -> bool:
+        for selection in selections:
+            if isinstance(selection, SelectedField):
+                if selection.name == "cluster":
+                    return True
+            elif at_this_level(selection.selections):
+                return True
+        return False
+
+    return any(at_this_level(field.selections) for field in info.selected_fields)
 
 
 class _EventStream:

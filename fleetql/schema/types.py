@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import lru_cache
 from typing import Self
 
 import strawberry
@@ -231,6 +232,10 @@ class FieldChange:
     new: JSON | None
 
 
+def _event_cluster(root: ClusterEvent) -> Cluster | None:
+    return None if root.record is None else Cluster.from_row(root.record)
+
+
 @strawberry.type(description="A committed change to one cluster, as the event log holds it.")
 class ClusterEvent:
     id: strawberry.ID = strawberry.field(
@@ -240,10 +245,11 @@ class ClusterEvent:
     kind: ClusterEventKind
     cluster_id: strawberry.ID
     cluster: Cluster | None = strawberry.field(
+        resolver=_event_cluster,
         description=(
             "The cluster as stored when this event was delivered: never older than the change "
             "the event reports. Null once the cluster is removed."
-        )
+        ),
     )
     previous_status: ClusterStatus | None = strawberry.field(description="Null for an import.")
     status: ClusterStatus | None
@@ -254,15 +260,17 @@ class ClusterEvent:
     message: str
     actor: str | None
     at: datetime = strawberry.field(description="When the change was committed.")
+    # Built into a Cluster only when selected: most event streams and pages do not ask for it.
+    record: strawberry.Private[ClusterRecord | None] = None
 
     @classmethod
     def from_event(cls, event: LoggedEvent, cluster: ClusterRecord | None) -> Self:
         return cls(
             id=strawberry.ID(str(event.id)),
             type=event.type,
-            kind=ClusterEventKind.of(event.type),
+            kind=_KINDS[event.type],
             cluster_id=strawberry.ID(str(event.cluster_id)),
-            cluster=None if cluster is None else Cluster.from_row(cluster),
+            record=cluster,
             previous_status=_status(event.previous_status),
             status=_status(event.status),
             changed_fields=list(dict.fromkeys(map(_cluster_field, event.changes))),
@@ -280,11 +288,17 @@ class ClusterEvent:
         return cls.from_event(delivery.event, delivery.cluster)
 
 
+# An event page or a replay converts the same few names again and again (per event, per change).
+_KINDS = {event_type: ClusterEventKind.of(event_type) for event_type in ClusterEventType}
+
+
+@lru_cache(maxsize=256)
 def _cluster_field(name: str) -> str:
     """A stored column as the Cluster type names it; both error columns are lastError."""
     return "lastError" if name.startswith("last_error_") else _camel(name)
 
 
+@lru_cache(maxsize=256)
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
