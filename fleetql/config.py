@@ -75,6 +75,16 @@ def parse_duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _split_commas(value: Any) -> Any:
+    """A list may come as one comma-separated string (from the environment)."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+CommaSeparated = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,7 +92,7 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: CommaSeparated = ()
     # Request bodies larger than this get 413 before they are parsed (uvicorn has no limit). It
     # must hold the largest kubeconfig, base64-encoded, in a JSON request: see Settings below.
     max_body_bytes: int = Field(default=1024 * 1024, ge=16 * 1024)
@@ -90,13 +100,6 @@ class ServerSettings(_Section):
     # From SIGTERM to exit: running requests get most of it, closing the pools the rest. Keep it
     # a few seconds below the orchestrator's kill deadline (Kubernetes: 30 s by default).
     shutdown_grace: Duration = timedelta(seconds=25)
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
-        return value
 
 
 class GraphQLSettings(_Section):
@@ -253,15 +256,8 @@ class ClusterManagerSettings(_Section):
     # Where clusters may be (README "Outbound addresses (SSRF)"): networks or single addresses
     # allowed or denied beyond the defaults; the longest match decides, a deny wins a tie.
     # Link-local and metadata addresses are refused whatever these say.
-    allowed_networks: tuple[str, ...] = ()
-    denied_networks: tuple[str, ...] = ()
-
-    @field_validator("allowed_networks", "denied_networks", mode="before")
-    @classmethod
-    def _split_networks(cls, value: Any) -> Any:
-        if isinstance(value, str):  # from the environment: comma-separated
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        return value
+    allowed_networks: CommaSeparated = ()
+    denied_networks: CommaSeparated = ()
 
     @field_validator("allowed_networks", "denied_networks")
     @classmethod
@@ -373,7 +369,7 @@ class AuthSettings(_Section):
     allow_unauthenticated: bool = False
     issuer: str | None = None
     audience: str | None = None
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    algorithms: CommaSeparated = ("RS256", "ES256")
     # Exactly one source of verification keys: a PEM public key (inline or a file), a JWKS
     # file (keys picked by `kid`), or a shared secret for HS256/384/512.
     public_key: str | None = Field(default=None, repr=False)
@@ -395,13 +391,6 @@ class AuthSettings(_Section):
     jwks_refresh_interval: Duration = timedelta(hours=1)
     jwks_min_refresh_interval: Duration = timedelta(seconds=30)
     discovery_timeout: Duration = timedelta(seconds=5)
-
-    @field_validator("algorithms", mode="before")
-    @classmethod
-    def _split_algorithms(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        return value
 
     @field_validator("roles", mode="before")
     @classmethod

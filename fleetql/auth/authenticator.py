@@ -17,6 +17,7 @@ from fleetql.auth.jwt_verifier import InvalidToken, JwtVerifier, UnknownKeyId
 from fleetql.auth.oidc import OidcKeys
 from fleetql.config import AuthSettings
 from fleetql.db import tokens
+from fleetql.db.tokens import LAST_USE_RESOLUTION
 
 __all__ = ["AuthenticationError", "Authenticator"]
 
@@ -60,10 +61,6 @@ class Authenticator:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
-
-    @property
-    def oidc(self) -> OidcKeys | None:
-        return self._oidc
 
     @property
     def required(self) -> bool:
@@ -110,8 +107,10 @@ class Authenticator:
                 raise AuthenticationError("the API token has been revoked")
             if token.expires_at is not None and token.expires_at <= now:
                 raise AuthenticationError("the API token has expired")
-            await tokens.touch_token(session, token.id, now)
-            await session.commit()
+            if token.last_used_at is None or token.last_used_at < now - LAST_USE_RESOLUTION:
+                # Not on every request: most uses then cost one read, no write.
+                await tokens.touch_token(session, token.id, now)
+                await session.commit()
         return Principal(
             name=f"token:{token.name}",
             grants=(Grant.of(Role.parse(token.role), token.scope),),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 
-import orjson
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetql.auth.authenticator import AuthenticationError, Authenticator
+from fleetql.bodylimit import refusal
 
 __all__ = ["PRINCIPAL_STATE", "AuthenticationMiddleware"]
 
@@ -33,7 +34,7 @@ class AuthenticationMiddleware:
             await self.app(scope, receive, send)
             return
         authenticator: Authenticator = scope["app"].state.authenticator
-        authorization = _header(scope, b"authorization")
+        authorization = Headers(scope=scope).get("authorization")
         if authorization is None and _is_ide_page(scope):
             await self.app(scope, receive, send)
             return
@@ -41,31 +42,19 @@ class AuthenticationMiddleware:
             principal = await authenticator.authenticate(authorization)
         except AuthenticationError as error:
             logger.info("refused a request (%d): %s", error.status, error)
-            await _refuse(send, error)
+            await _refuse(scope, receive, send, error)
             return
         scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
         await self.app(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def _is_ide_page(scope: Scope) -> bool:
     return scope["method"] == "GET" and b"query=" not in scope.get("query_string", b"")
 
 
-async def _refuse(send: Send, error: AuthenticationError) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, error: AuthenticationError) -> None:
     code = "UNAUTHENTICATED" if error.status == 401 else "FORBIDDEN"
-    body = orjson.dumps({"errors": [{"message": str(error), "extensions": {"code": code}}]})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
+    response = refusal(error.status, code, str(error))
     if error.status == 401:
-        headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["www-authenticate"] = 'Bearer error="invalid_token"'
+    await response(scope, receive, send)

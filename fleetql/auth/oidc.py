@@ -43,7 +43,6 @@ class OidcKeys:
         self._jwks_uri: str | None = None
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
-        self.fetches = 0
 
     async def start(self) -> None:
         """Discover and fetch the keys, or stop the start with a message naming the setting."""
@@ -101,7 +100,6 @@ class OidcKeys:
             raise IssuerUnavailable(f"{self._jwks_uri}: {error}") from None
         if not keys:
             raise IssuerUnavailable(f"{self._jwks_uri} holds no signing keys")
-        self.fetches += 1
         self._fetched_at = time.monotonic()
         added = sorted(set(keys) - self._verifier.key_ids)
         self._verifier.use_jwks(keys)

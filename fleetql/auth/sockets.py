@@ -55,10 +55,6 @@ class SocketGuard:
 
         return forget
 
-    @property
-    def watched(self) -> int:
-        return len(self._watched)
-
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)

@@ -42,15 +42,6 @@ class Admin(RolePermission):
     message = "this needs the admin role"
 
 
-def required_role(root: type, field_name: str) -> Role | None:
-    """The role a root field needs (by its Python name), or None if it declares none."""
-    for field in root.__strawberry_definition__.fields:  # type: ignore[attr-defined]
-        if field.python_name == field_name or field.name == field_name:
-            roles = [p.role for p in field.permission_classes if issubclass(p, RolePermission)]
-            return roles[0] if len(roles) == 1 else None
-    return None
-
-
 def check_every_root_field(*roots: type) -> None:
     for root in roots:
         definition = root.__strawberry_definition__  # type: ignore[attr-defined]
