@@ -219,9 +219,19 @@ def server(settings: Settings) -> Iterator[ThreadedServer]:
 
 
 async def truncate(database_url: str) -> None:
+    """Empty the fleet. A server of an earlier test may still be reading (its housekeeping, a
+    relay, a poller winding down): TRUNCATE then deadlocks with it now and then, and PostgreSQL
+    picks one side to fail. The fixture retries instead of failing the next test's setup."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        await connection.execute("TRUNCATE clusters CASCADE")
+        for attempt in range(5):
+            try:
+                await connection.execute("TRUNCATE clusters CASCADE")
+                return
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await connection.close()
 
