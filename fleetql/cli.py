@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(poll)
     poll.add_argument(
         "--once", action="store_true", help="check every cluster that is due now, then exit"
+    )
+    poll.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve this process's /metrics on PORT (default: metrics.poller_port, off)",
+    )
+    poll.add_argument(
+        "--metrics-host", metavar="HOST", help="address for /metrics (default 127.0.0.1)"
     )
     poll.set_defaults(run=_poll)
 
@@ -209,6 +219,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _poll(args: argparse.Namespace) -> int:
     from fleetql.app import open_services
+    from fleetql.metrics.standalone import serving_metrics
     from fleetql.poller.client import ClientPolicy
     from fleetql.poller.pool import ClientPool
     from fleetql.poller.service import running_poller
@@ -216,6 +227,13 @@ def _poll(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _tune_gc()
+    metrics_port = (
+        args.metrics_port if args.metrics_port is not None else settings.metrics.poller_port
+    )
+    metrics_host = args.metrics_host or settings.metrics.poller_host
+    if metrics_port is not None and not 0 <= metrics_port <= 65_535:
+        print("fleetql: --metrics-port must be between 0 and 65535", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         # API replicas relay the events this process logs (see README, "Several replicas").
@@ -236,13 +254,21 @@ def _poll(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
-            async with running_poller(
-                settings,
-                sessions=services.sessions,
-                cipher=services.cipher,
-                publish=services.relay.wake_after,
-            ):
-                await stop.wait()
+            with ExitStack() as exposed:
+                if metrics_port is not None:
+                    exposed.enter_context(
+                        serving_metrics(
+                            services.metrics.registry, host=metrics_host, port=metrics_port
+                        )
+                    )
+                async with running_poller(
+                    settings,
+                    sessions=services.sessions,
+                    cipher=services.cipher,
+                    publish=services.relay.wake_after,
+                    metrics=services.metrics,
+                ):
+                    await stop.wait()
             logger.info("poller stopped")
 
     asyncio.run(run())

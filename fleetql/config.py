@@ -323,6 +323,9 @@ class MetricsSettings(_Section):
     per_cluster_series: bool = True
     # Distinct GraphQL operation names kept as label values; later ones count as "other".
     max_operation_names: int = Field(default=200, ge=0, le=10_000)
+    # `fleetql poll` serves its own /metrics here when a port is set (it has no API server).
+    poller_host: str = "127.0.0.1"
+    poller_port: int | None = Field(default=None, ge=0, le=65_535)
 
 
 _EVENT_SCHEMES = frozenset(

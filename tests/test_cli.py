@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fleetql.config import Settings
 from tests.conftest import GraphQLClient, free_port
@@ -172,6 +173,77 @@ async def test_poll_once_checks_due_clusters_and_exits(
         "query($id: ID!) { cluster(id: $id) { status nodeCount } }", {"id": cluster_id}
     )
     assert state["cluster"] == {"status": "HEALTHY", "nodeCount": 2}
+
+
+async def test_poll_serves_its_own_metrics_until_stopped(
+    api: GraphQLClient, settings: Settings, database_url: str
+) -> None:
+    """A poller-only process is scraped on its own port: its checks count there, and the port
+    is given back when it stops."""
+    import asyncio
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fleetql.sim import Simulator
+
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+    def checks_ok() -> float:
+        text = httpx.get(metrics_url, timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "fleetql_cluster_checks_total" and sample.labels["result"] == "ok"
+        )
+
+    async with Simulator() as sim:
+        sim.add_cluster("scraped", node_count=1)
+        await api.data(
+            "mutation($i: ImportClusterInput!) { importCluster(input: $i) { cluster { id } } }",
+            {"i": {"name": "scraped", "kubeconfig": yaml.safe_dump(sim.kubeconfig("scraped"))}},
+        )
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETQL_")}
+        env |= {
+            "DATABASE_URL": database_url,
+            "FLEETQL_ENCRYPTION_KEY": settings.encryption.key or "",
+        }
+        process = await asyncio.create_subprocess_exec(
+            *(FLEETQL, "poll", "--metrics-port", str(port)),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.returncode is None, "fleetql poll exited early"
+                try:
+                    if await asyncio.to_thread(checks_ok) >= 1:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "no check counted on the poller's /metrics"
+                await asyncio.sleep(0.2)
+            text = (await asyncio.to_thread(httpx.get, metrics_url)).text
+            assert "process_cpu_seconds_total" in text
+            assert "fleetql_cluster_check_duration_seconds_bucket" in text
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+    assert process.returncode == 0, output
+    assert f"serving /metrics on http://127.0.0.1:{port}/metrics" in output
+    assert TOKEN not in output
+    with pytest.raises(httpx.TransportError):
+        await asyncio.to_thread(httpx.get, metrics_url, timeout=2)
+
+
+def test_poll_refuses_a_metrics_port_out_of_range() -> None:
+    result = run("poll", "--metrics-port", "70000")
+    assert result.returncode == 2
+    assert "--metrics-port must be between 0 and 65535" in result.stderr
 
 
 async def test_simulate_writes_importable_kubeconfigs(
