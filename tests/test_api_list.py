@@ -174,6 +174,16 @@ async def test_malformed_selector_is_a_clear_error(fleet: GraphQLClient, selecto
     assert "label selector" in error["message"]
 
 
+async def test_one_label_key_with_two_values_is_a_clear_error(fleet: GraphQLClient) -> None:
+    twice = [{"key": "env", "value": "prod"}, {"key": "env", "value": "dev"}]
+    body = await fleet.post(LIST, {"filter": {"labels": twice}})
+    assert body["data"] is None
+    [error] = body["errors"]
+    assert error["message"] == "filter.labels[1]: label 'env' is given twice"
+    same = [{"key": "env", "value": "prod"}, {"key": "env", "value": "prod"}]
+    assert await names(fleet, filter={"labels": same}) == ["edge-7", "prod-bj", "prod-sh"]
+
+
 async def test_filters_combine(fleet: GraphQLClient) -> None:
     assert await names(
         fleet,

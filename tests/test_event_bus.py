@@ -15,6 +15,7 @@ from fleetql.db.models import ClusterStatus, EventType
 from fleetql.events.backends import RESYNC, create_backend
 from fleetql.events.bus import CHANNEL, CLOSE_RESUBSCRIBE, CLOSE_TOO_SLOW, EventBus
 from fleetql.events.model import InvalidEvent, decode_ids, encode_ids
+from fleetql.resolvers.errors import InvalidArgument
 from fleetql.resolvers.events import event_filter
 
 
@@ -207,6 +208,13 @@ def test_filters_match_ids_labels_selectors_types_and_either_status() -> None:
     assert not by_status.accepts(logged(1, one, "UNREACHABLE", "DEGRADED"), prod)
     by_type = event_filter(types=[EventType.IMPORTED])
     assert not by_type.accepts(logged(1, one), prod)
+
+
+def test_event_filter_refuses_one_label_key_with_two_values() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        event_filter(labels=[("env", "prod"), ("tier", "web"), ("env", "dev")])
+    assert str(refused.value) == "filter.labels[2]: label 'env' is given twice"
+    assert event_filter(labels=[("env", "dev"), ("env", "dev")]).labels == (("env", "dev"),)
 
 
 def test_each_subscription_event_gets_its_own_sub_field_cache() -> None:

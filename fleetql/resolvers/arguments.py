@@ -24,6 +24,7 @@ __all__ = [
     "parse_cluster_ids",
     "parse_event_id",
     "parse_selector",
+    "required_labels",
 ]
 
 
@@ -66,3 +67,15 @@ def check_label_keys(labels: Sequence[tuple[str, str]]) -> None:
             validate_label_key(key)
         except LabelError as error:
             raise InvalidArgument(f"filter.labels[{index}].key", str(error)) from None
+
+
+def required_labels(labels: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """A filter's ``labels`` as key -> value. One key with two values cannot hold at once: say
+    so, rather than quietly match nothing (a repeated identical pair is harmless)."""
+    check_label_keys(labels)
+    required: dict[str, str] = {}
+    for index, (key, value) in enumerate(labels):
+        if required.get(key, value) != value:
+            raise InvalidArgument(f"filter.labels[{index}]", f"label {key!r} is given twice")
+        required[key] = value
+    return required

@@ -11,7 +11,7 @@ from fleetql.db import clusters as db
 from fleetql.db import summary
 from fleetql.db.models import ClusterStatus
 from fleetql.db.summary import FleetSummary
-from fleetql.resolvers.arguments import check_label_keys, parse_selector
+from fleetql.resolvers.arguments import parse_selector, required_labels
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
 
@@ -36,17 +36,10 @@ def cluster_filter(
 ) -> db.ClusterFilter:
     """A client's filter, validated, naming the argument at fault."""
     selector = parse_selector(label_selector)
-    check_label_keys(labels)
-    label_map: dict[str, str] = {}
-    for index, (key, value) in enumerate(labels):
-        if key in label_map and label_map[key] != value:
-            # Both cannot hold at once; say so rather than quietly returning nothing.
-            raise InvalidArgument(f"filter.labels[{index}]", f"label {key!r} is given twice")
-        label_map[key] = value
     return db.ClusterFilter(
         statuses=tuple(statuses),
         search=search or None,
-        labels=label_map,
+        labels=required_labels(labels),
         selector=selector,
         credential_expires_before=credential_expires_before,
     )

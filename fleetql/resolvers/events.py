@@ -19,10 +19,10 @@ from fleetql.db.models import ClusterStatus, EventType
 from fleetql.events.bus import Delivery, Subscription
 from fleetql.labels import Requirement
 from fleetql.resolvers.arguments import (
-    check_label_keys,
     parse_cluster_ids,
     parse_event_id,
     parse_selector,
+    required_labels,
 )
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
@@ -76,11 +76,11 @@ def event_filter(
     if len(ids) > MAX_FILTER_IDS:
         raise InvalidArgument("filter.ids", f"at most {MAX_FILTER_IDS} ids, got {len(ids)}")
     parsed_ids = parse_cluster_ids(ids, "filter.ids")
-    check_label_keys(labels)
+    required = required_labels(labels)
     selector = parse_selector(label_selector)
     return EventFilter(
         ids=frozenset(parsed_ids),
-        labels=tuple(labels),
+        labels=tuple(required.items()),
         selector=selector,
         statuses=frozenset(status.value for status in statuses),
         types=frozenset(types),
