@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.query_report import layer_table, work_node
+
 __all__ = ["markdown"]
 
 TARGETS = {"p50_ms": 5.0, "p99_ms": 20.0, "rps_32": 500.0, "p99_32_ms": 100.0}
@@ -102,7 +104,7 @@ def markdown(result: dict[str, Any]) -> str:
             *(_size_tables(size, titles) for size in result["sizes"]),
             _targets_table(largest, titles),
             _explain_table(largest, titles),
-            _profile_table(result, largest, titles),
+            layer_table(result, largest, titles),
             _replay_profile(result),
             _reading(largest, titles),
             FINDINGS,
@@ -182,39 +184,7 @@ def _explain_table(size: dict[str, Any], titles: dict[str, str]) -> str:
     for title, explained in entries:
         times = " + ".join(f"{entry.get('execution', 0.0):.2f}" for entry in explained)
         slowest = max(explained, key=lambda entry: entry.get("execution", 0.0))
-        rows.append(f"| {title} | {times} | {_work_node(slowest['plan'])} |")
-    return "\n".join(rows) + "\n"
-
-
-def _work_node(plan: str) -> str:
-    """The first plan node that does the work: past Limit, Aggregate, Sort and Gather."""
-    wrappers = ("Limit", "Aggregate", "Finalize", "Partial", "Gather", "Workers", "Buffers", "Sort")
-    for line in plan.splitlines():
-        node = line.strip().removeprefix("->").strip().split("  (")[0]
-        if node and not node.startswith(wrappers):
-            return node.replace("|", "\\|")
-    return "?"
-
-
-def _profile_table(result: dict[str, Any], size: dict[str, Any], titles: dict[str, str]) -> str:
-    profiles = result["profile"]["queries"]
-    layers = sorted(
-        {layer for profile in profiles.values() for layer in profile["layers_percent"]},
-        key=lambda layer: -sum(p["layers_percent"].get(layer, 0.0) for p in profiles.values()),
-    )
-    names = list(profiles)
-    rows = [
-        "Server CPU by layer (cProfile of the same app in process; shares scaled to the server "
-        "CPU per request measured at 1 client without a profiler, ms):\n",
-        "| layer | " + " | ".join(titles[name] for name in names) + " |",
-        "|---" * (len(names) + 1) + "|",
-    ]
-    for layer in layers:
-        cells = []
-        for name in names:
-            cpu = size["queries"][name]["server"]["1"]["server_cpu_ms"]
-            cells.append(f"{cpu * profiles[name]['layers_percent'].get(layer, 0.0) / 100:.2f}")
-        rows.append(f"| {layer} | " + " | ".join(cells) + " |")
+        rows.append(f"| {title} | {times} | {work_node(slowest['plan'])} |")
     return "\n".join(rows) + "\n"
 
 

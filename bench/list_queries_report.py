@@ -7,6 +7,8 @@ import os
 import statistics
 from typing import Any
 
+from bench.query_report import layer_table, work_node
+
 __all__ = ["markdown"]
 
 FINDINGS = """### Findings and suggested fixes
@@ -75,7 +77,7 @@ def markdown(result: dict[str, Any]) -> str:
             _workers_table(result, titles),
             _machine_load(result),
             _explain_table(largest, titles),
-            _profile_table(result, largest, titles),
+            layer_table(result, largest, titles),
             _reading(largest, titles),
             FINDINGS,
         ]
@@ -179,40 +181,8 @@ def _explain_table(size: dict[str, Any], titles: dict[str, str]) -> str:
         count = by_kind.get("count", {}).get("execution")
         rows.append(
             f"| {titles[name]} | {'-' if count is None else f'{count:.2f}'} "
-            f"| {by_kind['rows'].get('execution', 0.0):.2f} | {_top_node(slowest['plan'])} |"
+            f"| {by_kind['rows'].get('execution', 0.0):.2f} | {work_node(slowest['plan'])} |"
         )
-    return "\n".join(rows) + "\n"
-
-
-def _top_node(plan: str) -> str:
-    """The first plan node that does the work: past Limit, Aggregate and Gather wrappers."""
-    for line in plan.splitlines():
-        node = line.strip().removeprefix("->").strip().split("  (")[0]
-        wrappers = ("Limit", "Aggregate", "Finalize", "Partial", "Gather", "Workers", "Buffers")
-        if node and not node.startswith(wrappers):
-            return node
-    return "?"
-
-
-def _profile_table(result: dict[str, Any], largest: dict[str, Any], titles: dict[str, str]) -> str:
-    profiles = result["profile"]["queries"]
-    layers = sorted(
-        {layer for profile in profiles.values() for layer in profile["layers_percent"]},
-        key=lambda layer: -sum(p["layers_percent"].get(layer, 0.0) for p in profiles.values()),
-    )
-    names = list(profiles)
-    rows = [
-        "Server CPU by layer (cProfile of the same app in process, shares scaled to the server "
-        "CPU per request measured at 1 client without a profiler, ms):\n",
-        "| layer | " + " | ".join(titles[name] for name in names) + " |",
-        "|---" * (len(names) + 1) + "|",
-    ]
-    for layer in layers:
-        cells = []
-        for name in names:
-            cpu = largest["queries"][name]["server"]["1"]["server_cpu_ms"]
-            cells.append(f"{cpu * profiles[name]['layers_percent'].get(layer, 0.0) / 100:.2f}")
-        rows.append(f"| {layer} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
