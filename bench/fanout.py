@@ -7,6 +7,9 @@ changes is then committed to PostgreSQL by this process as a poller commits a ch
 trigger wakes the server's relay at commit. The time from each commit to each subscriber's
 receipt is the latency a console sees.
 
+Each size runs twice: with ``clusterStateChanged`` (a message per change) and with
+``clusterStatesChanged(windowMs: 100)`` (a message per window of changes), the same selection.
+
 Floors measured in the same run: (a) a websocket server on the same uvicorn protocol that only
 pushes the same bytes to the same sockets on the same schedule (``bench.fanout_floor``), with and
 without permessage-deflate; (b) strawberry executing the selection for one event over an
@@ -48,6 +51,7 @@ from bench.fanout_client import (
 from bench.fanout_floor import measure_send_floor
 from bench.fanout_profile import profile_fleetql
 from bench.fanout_report import markdown
+from fleetql.access import ANONYMOUS, Principal, Role
 from fleetql.config import DatabaseSettings
 from fleetql.db.clusters import get_clusters
 from fleetql.db.engine import create_engine, create_session_factory
@@ -59,11 +63,15 @@ from fleetql.schema import build_schema
 
 __all__ = ["markdown", "run"]
 
-SUBSCRIPTION = (
-    "subscription { clusterStateChanged { kind clusterId previousStatus status changedFields at"
+SELECTION = (
+    "{ kind clusterId previousStatus status changedFields at"
     " cluster { id name status nodeCount readyNodeCount kubernetesVersion"
-    " lastError { code message } } } }"
+    " lastError { code message } } }"
 )
+SUBSCRIPTION = f"subscription {{ clusterStateChanged {SELECTION} }}"
+# The same selection coalesced: one message per window of changes (clusterStatesChanged).
+WINDOW_MS = 100
+COALESCED = f"subscription {{ clusterStatesChanged(windowMs: {WINDOW_MS}) {SELECTION} }}"
 EVENTS = 100
 PROFILE_EVENTS = 20
 EXECUTION_SAMPLES = 2000
@@ -112,8 +120,16 @@ async def measure(*, sizes: Sequence[int], profiled: int) -> dict[str, Any]:
             for subscribers in sizes:
                 with _timed(phases, f"fleetql {subscribers}"):
                     served, commits = await measure_fleetql(database, sessions, subscribers, folder)
+                with _timed(phases, f"fleetql coalesced {subscribers}"):
+                    coalesced, _ = await measure_fleetql(
+                        database, sessions, subscribers, folder, query=COALESCED
+                    )
                 execution = execution or await measure_execution(sessions)
-                row = {"subscribers": subscribers, "fleetql": served}
+                row = {
+                    "subscribers": subscribers,
+                    "fleetql": served,
+                    "fleetql_coalesced": coalesced,
+                }
                 for compression in (True, False) if subscribers == PLAIN_FLOOR_AT else (True,):
                     key = "send_floor" if compression else "send_floor_plain"
                     with _timed(phases, f"{key} {subscribers}"):
@@ -142,6 +158,8 @@ async def measure(*, sizes: Sequence[int], profiled: int) -> dict[str, Any]:
         "events": EVENTS,
         "checks_in_flight": CHECKS_IN_FLIGHT,
         "subscription": SUBSCRIPTION,
+        "coalesced_subscription": COALESCED,
+        "window_ms": WINDOW_MS,
         "execution_floor": execution,
         "runs": rows,
         "profile": profile,
@@ -221,16 +239,19 @@ async def measure_fleetql(
     sessions: async_sessionmaker[AsyncSession],
     subscribers: int,
     folder: Path,
+    *,
+    query: str = SUBSCRIPTION,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """One fresh ``fleetql serve``: memory before and with subscribers, one burst's deliveries.
-    Also returns the commit times, so the floor can replay the same schedule."""
+    """One fresh ``fleetql serve``: memory before and with subscribers (each subscribed with
+    ``query``), one burst's deliveries. Also returns the commit times, so the floor can replay
+    the same schedule."""
     with running_server(database, env=SERVER_ENV) as server:
         ids = await seed_fleet(sessions, EVENTS)
-        await warm_up(server.ws_url)
+        await warm_up(server.ws_url, query)
         process = psutil.Process(server.pid)
         rss_before = server.rss_bytes()
         async with client_processes(
-            server.ws_url, SUBSCRIPTION, subscribers=subscribers, events=EVENTS, folder=folder
+            server.ws_url, query, subscribers=subscribers, events=EVENTS, folder=folder
         ) as clients:
             ready = await clients.ready()
             await asyncio.sleep(0.5)  # the last handshakes' garbage goes before measuring
@@ -262,9 +283,9 @@ async def measure_fleetql(
     return served, commits
 
 
-async def warm_up(url: str) -> None:
+async def warm_up(url: str, query: str = SUBSCRIPTION) -> None:
     """One subscriber, once, so that lazy imports and caches are not counted per subscriber."""
-    connection = await open_subscriber(url, SUBSCRIPTION)
+    connection = await open_subscriber(url, query)
     await connection.close()
 
 
@@ -305,6 +326,11 @@ class _Context:
     services: _Services
     request_id: str = "bench"
     close_connection: Any = None
+    # Who calls when authentication is off: an unscoped admin, as ``fleetql serve`` has it.
+    principal: Principal = ANONYMOUS
+
+    def scope(self, role: Role = Role.VIEWER) -> Any:
+        return self.principal.scope(role)
 
 
 async def measure_execution(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 websockets to URL and speaks graphql-transport-ws on each as a console does (connection_init,
 connection_ack, subscribe QUERY), then proves the subscription is registered with a query on the
 same socket (the server answers it only after it has read the subscribe). It prints one JSON line
-``{"ready": …}``, timestamps every event that arrives until each socket has EVENTS of them or a
+``{"ready": …}``, timestamps every event that arrives (each event of a coalesced message with
+the message's arrival) until each socket has EVENTS of them or a
 line arrives on stdin, writes the receive times to OUT and prints ``{"done": …}``.
 
 Clients live in processes of their own so that the server's CPU and memory are the server's
@@ -66,6 +67,7 @@ class Tally:
     received: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     complete_sockets: int = 0
     errors: int = 0
+    messages: int = 0
     closes: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     all_complete: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -133,9 +135,14 @@ async def _listen(connection: ClientConnection, tally: Tally) -> None:
             if payload.get("errors"):
                 tally.errors += 1
                 continue
-            tally.received[payload["data"]["clusterStateChanged"]["clusterId"]].append(received)
-            seen += 1
-            if seen == tally.events:
+            tally.messages += 1
+            # One event per message, or a coalesced list of them (clusterStatesChanged).
+            (delivered,) = payload["data"].values()
+            events = delivered if isinstance(delivered, list) else [delivered]
+            for event in events:
+                tally.received[event["clusterId"]].append(received)
+            before, seen = seen, seen + len(events)
+            if before < tally.events <= seen:
                 tally.complete_sockets += 1
                 if tally.complete_sockets == tally.sockets:
                     tally.all_complete.set()
@@ -192,6 +199,7 @@ async def main(arguments: argparse.Namespace) -> None:
         report = {
             "complete_sockets": tally.complete_sockets,
             "errors": tally.errors,
+            "messages": tally.messages,
             "closes": dict(tally.closes),
             "fd_limit": fd_limit,
             "received": tally.received,
@@ -326,6 +334,7 @@ def _merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "received": received,
         "complete_sockets": sum(report["complete_sockets"] for report in reports),
         "errors": sum(report["errors"] for report in reports),
+        "messages": sum(report["messages"] for report in reports),
         "closes": closes,
         "client_fd_limit": min(report["fd_limit"] for report in reports),
     }
@@ -343,6 +352,7 @@ def delivery_figures(
     return {
         "delivered": len(latencies),
         "expected": expected,
+        "messages": outcome["messages"],
         "complete_sockets": outcome["complete_sockets"],
         "graphql_errors": outcome["errors"],
         "latency": percentiles(latencies),

@@ -47,7 +47,7 @@ CATEGORIES = (
     ("GraphQL execution (graphql-core)", ("/graphql/",)),
     ("strawberry (subscription loop, extensions, results)", ("/strawberry/",)),
     ("fleetql event bus", ("/fleetql/events/",)),
-    ("fleetql types (from_delivery)", ("/fleetql/schema/", "/fleetql/resolvers/")),
+    ("fleetql types and fan-out (schema, resolvers)", ("/fleetql/schema/", "/fleetql/resolvers/")),
     ("database (asyncpg, SQLAlchemy)", ("asyncpg", "/sqlalchemy/")),
     ("asyncio scheduling", ("/asyncio/", "uvloop", "_asyncio")),
     ("Python built-ins (isinstance, getattr, …)", ("~:",)),

@@ -55,6 +55,7 @@ from fleetql.requestshape import JsonOnlyMiddleware
 from fleetql.resolvers.context import Context, Services
 from fleetql.rotation import record_checker
 from fleetql.schema import build_schema
+from fleetql.schema.fanout import FanoutTransportWSHandler
 from fleetql.server import ABORT_EXTENSION
 from fleetql.shutdown import Drain
 
@@ -72,6 +73,9 @@ class SocketContext(Context):
 
 class FleetGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI app, with our typed context and authentication on websockets."""
+
+    # graphql-transport-ws sends a cohort's encoded results to every member directly.
+    graphql_transport_ws_handler_class = FanoutTransportWSHandler
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

@@ -154,6 +154,10 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "Subscription.clusterStateChanged": ("viewer", EVENTS),
     "Subscription.clusterEvents": ("viewer", "subscription { clusterEvents { type } }"),
+    "Subscription.clusterStatesChanged": (
+        "viewer",
+        "subscription { clusterStatesChanged { clusterId } }",
+    ),
 }
 ROLES = {"viewer": "fleet-viewers", "operator": "fleet-operators", "admin": "fleet-admins"}
 RANK = {"viewer": 1, "operator": 2, "admin": 3}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -69,6 +70,9 @@ class Delivery:
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # The cluster's labels, a removed cluster's too (who may see its removal depends on them).
     labels: Mapping[str, str] | None = None
+    # When the bus dispatched it (time.monotonic(); None: a replay). Every
+    # subscriber sees the same value, so windows measured from it end alike for all of them.
+    offered_at: float | None = None
 
 
 class Subscription:
@@ -150,6 +154,19 @@ class Subscription:
             if delivery.event.id > self.skip_through:
                 self._bus.metrics.delivered.inc()
                 return delivery
+
+    def next_nowait(self) -> Delivery | None:
+        """The next waiting delivery, or None when none is queued (or the subscription ended:
+        iterating then stops)."""
+        while not self._queue.empty():
+            delivery = self._queue.get_nowait()
+            if delivery is None:
+                self._queue.put_nowait(None)  # leave the end for the iterator to see
+                return None
+            if delivery.event.id > self.skip_through:
+                self._bus.metrics.delivered.inc()
+                return delivery
+        return None
 
     async def aclose(self) -> None:
         """Called by whoever iterates (graphql-core does) when the client unsubscribes."""
@@ -245,11 +262,16 @@ class EventBus:
         self.metrics.published.inc(len(ids))
 
     async def deliveries(
-        self, events: Sequence[LoggedEvent], *, clusters: bool = True
+        self,
+        events: Sequence[LoggedEvent],
+        *,
+        clusters: bool = True,
+        live: bool = False,
     ) -> list[Delivery]:
         """``events`` with their clusters, loaded in one statement (and the labels of removed
         ones in another, when there are any). ``clusters=False``: only the labels, in one
-        lighter statement, for a replay that shows no cluster but must check access."""
+        lighter statement, for a replay that shows no cluster but must check access.
+        ``live``: stamped with ``offered_at``, now that they are loaded."""
         ids = list({event.cluster_id for event in events})
         if not clusters and self._load_labels is not None:
             labels = await self._load_labels(ids)
@@ -260,6 +282,7 @@ class EventBus:
         if removed and self._load_labels is not None:
             removed_labels = await self._load_labels(removed)
         deliveries = []
+        offered_at = time.monotonic() if live else None
         for event in events:
             cluster = loaded.get(event.cluster_id)
             deliveries.append(
@@ -269,6 +292,7 @@ class EventBus:
                     labels=cluster.labels
                     if cluster is not None
                     else removed_labels.get(event.cluster_id),
+                    offered_at=offered_at,
                 )
             )
         return deliveries
@@ -330,7 +354,8 @@ class EventBus:
         if not self._subscriptions:
             return
         events = await self._load_events(fresh)
-        for delivery in await self.deliveries([events[i] for i in fresh if i in events]):
+        loaded = [events[i] for i in fresh if i in events]
+        for delivery in await self.deliveries(loaded, live=True):
             for subscription in list(self._subscriptions):
                 subscription.offer(delivery)
             self.dispatched += 1

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, Self
 
 from fleetql.db import events as log
 from fleetql.db.clusters import ClusterRecord
@@ -27,11 +28,32 @@ from fleetql.resolvers.arguments import (
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.errors import InvalidArgument
 
-__all__ = ["EventFilter", "event_filter", "subscribe_cluster_events"]
+__all__ = [
+    "DeliveryStream",
+    "EventFilter",
+    "coalescing_window",
+    "event_filter",
+    "subscribe_cluster_events",
+]
 
 MAX_FILTER_IDS = 1000
 # A client further behind than this reloads instead: replaying more is slower than a query.
 MAX_REPLAY = 10_000
+# Coalesced subscriptions: how long a message may gather changes (milliseconds).
+MIN_WINDOW_MS = 10
+MAX_WINDOW_MS = 1_000
+
+
+class DeliveryStream(Protocol):
+    """One subscriber's deliveries: awaited one by one, or taken while they wait queued."""
+
+    def __aiter__(self) -> Self: ...
+
+    async def __anext__(self) -> Delivery: ...
+
+    def next_nowait(self) -> Delivery | None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,13 +109,22 @@ def event_filter(
     )
 
 
+def coalescing_window(window_ms: int) -> float:
+    """A coalesced subscription's window in seconds, validated."""
+    if not MIN_WINDOW_MS <= window_ms <= MAX_WINDOW_MS:
+        raise InvalidArgument(
+            "windowMs", f"must be {MIN_WINDOW_MS} to {MAX_WINDOW_MS} milliseconds, got {window_ms}"
+        )
+    return window_ms / 1000
+
+
 async def subscribe_cluster_events(
     context: Context,
     where: EventFilter,
     *,
     after: str | None = None,
     with_clusters: bool = True,
-) -> AsyncIterator[Delivery]:
+) -> DeliveryStream:
     """Register with the bus first; then, with ``after``, replay the logged events since then.
     Live events the replay already handed over are skipped, so the seam has no gap and no
     duplicate. ``with_clusters=False`` (the client selected no ``cluster``) replays events
@@ -166,6 +197,11 @@ class _ReplayThenLive:
         if self._replay:
             return self._replay.popleft()
         return await self._subscription.__anext__()
+
+    def next_nowait(self) -> Delivery | None:
+        if self._replay:
+            return self._replay.popleft()
+        return self._subscription.next_nowait()
 
     async def aclose(self) -> None:
         await self._subscription.aclose()
