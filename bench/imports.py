@@ -43,9 +43,13 @@ mutation Import($input: ImportClusterInput!) {
 }
 """
 INSERT_CLUSTER = """
-INSERT INTO clusters (id, name, description, labels, api_server_url, kubeconfig_ciphertext,
-                      kubeconfig_key_id, kubeconfig_format)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO clusters (id, name, description, labels, api_server_url)
+VALUES ($1, $2, $3, $4, $5)
+"""
+INSERT_CREDENTIALS = """
+INSERT INTO cluster_credentials (cluster_id, kubeconfig_ciphertext, kubeconfig_key_id,
+                                 kubeconfig_format)
+VALUES ($1, $2, $3, $4)
 """
 INSERT_STATE = "INSERT INTO cluster_states (cluster_id) VALUES ($1)"
 INSERT_EVENT = """
@@ -118,9 +122,9 @@ async def import_directly(pool: asyncpg.Pool, cipher: KubeconfigCipher, new: New
             new.description,
             json.dumps(new.labels),
             resolved.server,
-            blob.payload,
-            blob.key_id,
-            blob.format_version,
+        )
+        await connection.execute(
+            INSERT_CREDENTIALS, cluster_id, blob.payload, blob.key_id, blob.format_version
         )
         await connection.execute(INSERT_STATE, cluster_id)
         await connection.execute(INSERT_EVENT, cluster_id, f"imported {new.name!r}")

@@ -43,11 +43,14 @@ CLUSTER_COLUMNS = [
     "description",
     "labels",
     "api_server_url",
+    "created_at",
+    "updated_at",
+]
+CREDENTIAL_COLUMNS = [
+    "cluster_id",
     "kubeconfig_ciphertext",
     "kubeconfig_key_id",
     "kubeconfig_format",
-    "created_at",
-    "updated_at",
 ]
 STATE_COLUMNS = [
     "cluster_id",
@@ -76,7 +79,7 @@ def _weighted(rng: random.Random, weights: dict[str, int]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
-def _cluster_row(number: int, rng: random.Random, *, now: datetime, key_id: str) -> tuple[Any, ...]:
+def _cluster_row(number: int, rng: random.Random, *, now: datetime) -> tuple[Any, ...]:
     team, region = rng.choice(TEAMS.split()), rng.choice(REGIONS.split())
     env = _weighted(rng, ENVS)
     tier = rng.choice(TIERS)
@@ -93,9 +96,9 @@ def _cluster_row(number: int, rng: random.Random, *, now: datetime, key_id: str)
         description,
         json.dumps(labels),
         f"https://{name}.k8s.{region}.example.com:6443",
+        # The encrypted kubeconfig, drawn here so that the fleet stays the one earlier runs
+        # measured; it goes to cluster_credentials, not to clusters.
         rng.randbytes(KUBECONFIG_BYTES),
-        key_id,
-        1,
         created,
         created + (now - created) * rng.random(),
     )
@@ -142,12 +145,17 @@ async def seed_fleet(connection: asyncpg.Connection, *, start: int, stop: int, k
     """COPY clusters ``start``..``stop`` (numbered, reproducible) with their states, then VACUUM
     ANALYZE so that plans and index-only scans are those of a settled database."""
     rng, now = random.Random(start), datetime.now(UTC)
-    cluster_rows = [_cluster_row(n, rng, now=now, key_id=key_id) for n in range(start, stop)]
+    rows = [_cluster_row(n, rng, now=now) for n in range(start, stop)]
+    cluster_rows = [(*row[:5], *row[6:]) for row in rows]
+    credential_rows = [(row[0], row[5], key_id, 1) for row in rows]
     state_rows = [_state_row(row[0], rng, now=now) for row in cluster_rows]
     await connection.copy_records_to_table(
         "clusters", records=cluster_rows, columns=CLUSTER_COLUMNS
     )
     await connection.copy_records_to_table(
+        "cluster_credentials", records=credential_rows, columns=CREDENTIAL_COLUMNS
+    )
+    await connection.copy_records_to_table(
         "cluster_states", records=state_rows, columns=STATE_COLUMNS
     )
-    await connection.execute("VACUUM ANALYZE clusters, cluster_states")
+    await connection.execute("VACUUM ANALYZE clusters, cluster_credentials, cluster_states")

@@ -88,7 +88,7 @@ async def test_stored_kubeconfig_is_encrypted_minimal_and_never_returned(
     try:
         row = await connection.fetchrow(
             "SELECT kubeconfig_ciphertext, kubeconfig_key_id, kubeconfig_format "
-            "FROM clusters WHERE id = $1",
+            "FROM cluster_credentials WHERE cluster_id = $1",
             __import__("uuid").UUID(cluster_id),
         )
     finally:

@@ -278,3 +278,172 @@ async def test_cluster_by_id_and_unknown_or_malformed_ids(fleet: GraphQLClient) 
     assert unknown["cluster"] is None
     malformed = await fleet.post(query, {"id": "not-a-uuid"})
     assert malformed["errors"][0]["message"].startswith("id: ")
+
+
+SEARCHED = """
+query($filter: ClusterFilter, $page: Int!, $limit: Int!, $orderBy: ClusterOrder) {
+  clusters(filter: $filter, page: $page, limit: $limit, orderBy: $orderBy) {
+    total items { name description status }
+  }
+}
+"""
+STATUSES = ("HEALTHY", "DEGRADED", "UNHEALTHY", "UNREACHABLE", "UNKNOWN")
+
+
+@pytest.fixture
+async def wide_fleet(api: GraphQLClient, database_url: str) -> GraphQLClient:
+    """48 live clusters (ties in status and node count, some matching "eu" by name, some by
+    description, some both) and removed ones that would match every filter, written in SQL."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for number in range(52):
+            region = ("eu-west", "us-east", "ap-south", "EU-central")[number % 4]
+            where = "Europe" if number % 3 == 0 else "elsewhere"
+            cluster_id = await connection.fetchval(
+                "INSERT INTO clusters (name, description, api_server_url, deleted_at) "
+                "VALUES ($1, $2, 'https://k8s.example:6443', "
+                "CASE WHEN $3 THEN now() END) RETURNING id",
+                f"{region.lower()}-{number:02d}",
+                f"serves {where} (eu) " if number % 5 == 0 else f"serves {where}",
+                number >= 48,
+            )
+            await connection.execute(
+                "INSERT INTO cluster_states (cluster_id, status, node_count) VALUES ($1, $2, $3)",
+                cluster_id,
+                "UNREACHABLE" if number >= 48 else STATUSES[number % 5],
+                None if number % 7 == 0 else number % 4,
+            )
+    finally:
+        await connection.close()
+    return api
+
+
+async def searched_pages(
+    api: GraphQLClient, filter: dict[str, Any], order: dict[str, str], limit: int
+) -> tuple[list[int], list[str]]:
+    """Every page's total and the names of all pages, in order."""
+    totals, seen, page = [], [], 1
+    while True:
+        data = await api.data(
+            SEARCHED, {"filter": filter, "page": page, "limit": limit, "orderBy": order}
+        )
+        totals.append(data["clusters"]["total"])
+        items = data["clusters"]["items"]
+        if not items:
+            return totals, seen
+        seen += [item["name"] for item in items]
+        page += 1
+
+
+@pytest.mark.parametrize("field", ["NAME", "CREATED_AT", "STATUS", "NODE_COUNT"])
+@pytest.mark.parametrize("direction", ["ASC", "DESC"])
+@pytest.mark.parametrize("statuses", [None, ["UNREACHABLE", "HEALTHY"]])
+async def test_search_pages_are_the_unsearched_order_filtered(
+    wide_fleet: GraphQLClient, field: str, direction: str, statuses: list[str] | None
+) -> None:
+    """A search matches first and orders after (fleetql/db/clusters.py, _list_searched): its
+    pages must be exactly the unsearched list's order with non-matching clusters left out."""
+    order = {"field": field, "direction": direction}
+    base = {"status": statuses} if statuses else {}
+    everything = await wide_fleet.data(
+        SEARCHED, {"filter": base, "page": 1, "limit": 500, "orderBy": order}
+    )
+    expected = [
+        item["name"]
+        for item in everything["clusters"]["items"]
+        if "eu" in item["name"].lower() or "eu" in item["description"].lower()
+    ]
+    assert 10 < len(expected) < everything["clusters"]["total"]
+    totals, seen = await searched_pages(wide_fleet, {**base, "search": "eU"}, order, limit=7)
+    assert seen == expected
+    assert set(totals) == {len(expected)}  # past the last page too
+    counted = await wide_fleet.data(
+        SEARCHED,
+        {"filter": {**base, "search": "eU"}, "page": 1, "limit": 0, "orderBy": order},
+    )
+    assert counted["clusters"] == {"total": len(expected), "items": []}
+
+
+async def test_status_total_leaves_out_removed_clusters(wide_fleet: GraphQLClient) -> None:
+    """The status-only total is counted on the states less the removed clusters' ones."""
+    for statuses in (["UNREACHABLE"], ["UNREACHABLE", "UNKNOWN"], ["HEALTHY"]):
+        data = await wide_fleet.data(
+            SEARCHED, {"filter": {"status": statuses}, "page": 1, "limit": 500}
+        )
+        items = data["clusters"]["items"]
+        assert {item["status"] for item in items} == set(statuses)
+        assert (
+            data["clusters"]["total"]
+            == len(items)
+            == 48 // 5 * len(statuses)
+            + sum(1 for number in range(48 - 48 % 5, 48) if STATUSES[number % 5] in statuses)
+        )
+
+
+KEYSET = """
+query($filter: ClusterFilter, $limit: Int!, $orderBy: ClusterOrder, $after: ID, $page: Int! = 1) {
+  clusters(filter: $filter, limit: $limit, orderBy: $orderBy, after: $after, page: $page) {
+    items { name } pageInfo { endCursor hasNextPage }
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("field", ["NAME", "CREATED_AT", "STATUS", "NODE_COUNT"])
+@pytest.mark.parametrize("direction", ["ASC", "DESC"])
+@pytest.mark.parametrize(
+    "filter", [{}, {"search": "eu"}, {"status": ["UNREACHABLE", "HEALTHY", "DEGRADED"]}]
+)
+async def test_after_cursor_walks_the_same_order_as_pages(
+    wide_fleet: GraphQLClient, field: str, direction: str, filter: dict[str, Any]
+) -> None:
+    """Following pageInfo.endCursor visits every cluster once, in the order of one big page,
+    through ties and clusters without a node count (which sort last either way)."""
+    order = {"field": field, "direction": direction}
+    everything = await wide_fleet.data(
+        SEARCHED, {"filter": filter, "page": 1, "limit": 500, "orderBy": order}
+    )
+    expected = [item["name"] for item in everything["clusters"]["items"]]
+    seen: list[str] = []
+    after = None
+    while True:
+        variables = {"filter": filter, "limit": 4, "orderBy": order, "after": after}
+        page = (await wide_fleet.data(KEYSET, variables))["clusters"]
+        seen += [item["name"] for item in page["items"]]
+        info = page["pageInfo"]
+        assert info["hasNextPage"] == (len(seen) < len(expected))
+        if not info["hasNextPage"]:
+            break
+        after = info["endCursor"]
+    assert seen == expected
+
+
+async def test_after_cursor_is_checked_naming_the_argument(wide_fleet: GraphQLClient) -> None:
+    first = (await wide_fleet.data(KEYSET, {"limit": 2}))["clusters"]["pageInfo"]
+    assert first["hasNextPage"] and first["endCursor"]
+    cases = [
+        ({"after": "not a cursor"}, "after"),
+        ({"after": "eyJvIjogMX0="}, "after"),  # base64 JSON without the fields
+        ({"after": first["endCursor"], "orderBy": {"field": "STATUS"}}, "after"),
+        ({"after": first["endCursor"], "orderBy": {"field": "NAME", "direction": "DESC"}}, "after"),
+        ({"after": first["endCursor"], "page": 2}, "page"),
+    ]
+    for variables, argument in cases:
+        body = await wide_fleet.post(KEYSET, {"limit": 2, **variables})
+        [error] = body["errors"]
+        assert error["message"].startswith(f"{argument}: "), error
+
+
+async def test_last_page_has_no_next_page_and_empty_page_no_cursor(
+    wide_fleet: GraphQLClient,
+) -> None:
+    everything = (await wide_fleet.data(KEYSET, {"limit": 500}))["clusters"]
+    assert everything["pageInfo"]["hasNextPage"] is False
+    assert len(everything["items"]) == 48
+    after_last = await wide_fleet.data(
+        KEYSET, {"limit": 5, "after": everything["pageInfo"]["endCursor"]}
+    )
+    assert after_last["clusters"] == {
+        "items": [],
+        "pageInfo": {"endCursor": None, "hasNextPage": False},
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from fleetql.app import open_services
 from fleetql.config import ConfigError, Settings, load_settings
-from fleetql.crypto import EncryptionKey
+from fleetql.crypto import EncryptedBlob, EncryptionKey, KubeconfigCipher
 from fleetql.db import migrations
 from fleetql.db.keys import KeyMismatchError
 from fleetql.db.models import Base
@@ -65,6 +66,71 @@ async def test_models_match_the_migrations(scratch_database: str) -> None:
     # Indexes created in raw SQL (trigram, partial) are not modelled; tables and columns are.
     relevant = [d for d in differences if d[0] not in ("add_index", "remove_index")]
     assert relevant == []
+
+
+async def test_upgrade_to_0005_moves_every_kubeconfig_and_keeps_it_decryptable(
+    scratch_database: str,
+) -> None:
+    """Clusters stored by 0004 keep their credentials through 0005 (and back): each record
+    lands in ``cluster_credentials`` byte for byte, still opens with its cluster id as the
+    associated data, and a removed cluster (no credentials) gets no row."""
+    engine = create_async_engine(scratch_database)
+    cipher = KubeconfigCipher(EncryptionKey.generate())
+    plaintexts = {uuid.uuid4(): f"kubeconfig {n}".encode() * 40 for n in range(3)}
+    removed = uuid.uuid4()
+    connection = await asyncpg.connect(asyncpg_dsn(scratch_database))
+    try:
+        await migrations.upgrade(engine, "0004")
+        for number, (cluster_id, plaintext) in enumerate(plaintexts.items()):
+            blob = cipher.encrypt(plaintext, cluster_id=cluster_id)
+            await connection.execute(
+                "INSERT INTO clusters (id, name, api_server_url, kubeconfig_ciphertext, "
+                "kubeconfig_key_id, kubeconfig_format) VALUES ($1, $2, 'https://k8s:6443', "
+                "$3, $4, $5)",
+                cluster_id,
+                f"c{number}",
+                blob.payload,
+                blob.key_id,
+                blob.format_version,
+            )
+        await connection.execute(
+            "INSERT INTO clusters (id, name, api_server_url, deleted_at) "
+            "VALUES ($1, 'gone', 'https://k8s:6443', now())",
+            removed,
+        )
+        before = {
+            row["id"]: row["kubeconfig_ciphertext"]
+            for row in await connection.fetch("SELECT id, kubeconfig_ciphertext FROM clusters")
+        }
+        assert before[removed] is None
+
+        await migrations.upgrade(engine, "0005")
+        columns = await connection.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'clusters'"
+        )
+        assert not {row[0] for row in columns} & {"kubeconfig_ciphertext", "kubeconfig_key_id"}
+        rows = await connection.fetch("SELECT * FROM cluster_credentials")
+        assert {row["cluster_id"] for row in rows} == set(plaintexts)
+        for row in rows:
+            assert row["kubeconfig_ciphertext"] == before[row["cluster_id"]]
+            blob = EncryptedBlob(
+                row["kubeconfig_format"], row["kubeconfig_key_id"], row["kubeconfig_ciphertext"]
+            )
+            opened = cipher.decrypt(blob, cluster_id=row["cluster_id"])
+            assert opened == plaintexts[row["cluster_id"]]
+
+        await migrations.downgrade(engine, "0004")
+        rows = await connection.fetch("SELECT * FROM clusters")
+        assert {row["id"]: row["kubeconfig_ciphertext"] for row in rows} == before
+        for row in rows:
+            if row["id"] in plaintexts:
+                blob = EncryptedBlob(
+                    row["kubeconfig_format"], row["kubeconfig_key_id"], row["kubeconfig_ciphertext"]
+                )
+                assert cipher.decrypt(blob, cluster_id=row["id"]) == plaintexts[row["id"]]
+    finally:
+        await connection.close()
+        await engine.dispose()
 
 
 async def test_server_with_a_different_key_refuses_to_start(

@@ -28,7 +28,7 @@ from fleetql.crypto import (
     KubeconfigCipher,
 )
 from fleetql.db.keys import KeyMismatchError
-from fleetql.db.models import Cluster
+from fleetql.db.models import ClusterCredential
 from fleetql.keystore import load_key_ring
 from fleetql.resolvers.context import Context
 from fleetql.resolvers.imports import import_cluster
@@ -339,7 +339,9 @@ async def test_start_does_not_decrypt_records_under_fingerprint_ids(
         assert result.cluster is not None
         async with services.sessions() as session:
             await session.execute(
-                update(Cluster).values(kubeconfig_ciphertext=os.urandom(1100), kubeconfig_format=1)
+                update(ClusterCredential).values(
+                    kubeconfig_ciphertext=os.urandom(1100), kubeconfig_format=1
+                )
             )
             await session.commit()
 

@@ -89,15 +89,19 @@ async def store_as_issue_2_did(
     database_url: str, services: Services, cluster_id: uuid.UUID
 ) -> None:
     """Replace a record with its format 1 form (direct encryption under the old key)."""
-    row = (await fetch(database_url, "SELECT * FROM clusters WHERE id = $1", cluster_id))[0]
+    row = (
+        await fetch(
+            database_url, "SELECT * FROM cluster_credentials WHERE cluster_id = $1", cluster_id
+        )
+    )[0]
     blob = EncryptedBlob(
         row["kubeconfig_format"], row["kubeconfig_key_id"], row["kubeconfig_ciphertext"]
     )
     legacy = legacy_blob(OLD, services.cipher.decrypt(blob, cluster_id=cluster_id), cluster_id)
     await fetch(
         database_url,
-        "UPDATE clusters SET kubeconfig_ciphertext = $2, kubeconfig_key_id = $3, "
-        "kubeconfig_format = 1 WHERE id = $1",
+        "UPDATE cluster_credentials SET kubeconfig_ciphertext = $2, kubeconfig_key_id = $3, "
+        "kubeconfig_format = 1 WHERE cluster_id = $1",
         cluster_id,
         legacy.payload,
         legacy.key_id,
@@ -105,15 +109,13 @@ async def store_as_issue_2_did(
 
 
 async def plaintexts(database_url: str, services: Services) -> dict[uuid.UUID, bytes]:
-    rows = await fetch(
-        database_url, "SELECT * FROM clusters WHERE kubeconfig_ciphertext IS NOT NULL"
-    )
+    rows = await fetch(database_url, "SELECT * FROM cluster_credentials")
     return {
-        row["id"]: services.cipher.decrypt(
+        row["cluster_id"]: services.cipher.decrypt(
             EncryptedBlob(
                 row["kubeconfig_format"], row["kubeconfig_key_id"], row["kubeconfig_ciphertext"]
             ),
-            cluster_id=row["id"],
+            cluster_id=row["cluster_id"],
         )
         for row in rows
     }
@@ -122,8 +124,8 @@ async def plaintexts(database_url: str, services: Services) -> dict[uuid.UUID, b
 async def key_usage(database_url: str) -> dict[tuple[str, int], int]:
     rows = await fetch(
         database_url,
-        "SELECT kubeconfig_key_id, kubeconfig_format, count(*) FROM clusters "
-        "WHERE kubeconfig_ciphertext IS NOT NULL GROUP BY 1, 2",
+        "SELECT kubeconfig_key_id, kubeconfig_format, count(*) FROM cluster_credentials "
+        "GROUP BY 1, 2",
     )
     return {(row[0], row[1]): row[2] for row in rows}
 
@@ -236,8 +238,8 @@ async def test_a_record_the_ring_cannot_open_is_reported_and_keeps_its_key(
     damaged = sorted(old_fleet)[4]
     await fetch(
         rotation_database,
-        "UPDATE clusters SET kubeconfig_ciphertext = "
-        "overlay(kubeconfig_ciphertext placing '\\xff'::bytea from 40) WHERE id = $1",
+        "UPDATE cluster_credentials SET kubeconfig_ciphertext = "
+        "overlay(kubeconfig_ciphertext placing '\\xff'::bytea from 40) WHERE cluster_id = $1",
         damaged,
     )
     async with open_services(

@@ -181,12 +181,13 @@ async def test_removal_erases_the_kubeconfig_frees_the_name_and_keeps_history(
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         row = await connection.fetchrow(
-            "SELECT kubeconfig_ciphertext, deleted_at FROM clusters WHERE id = $1",
+            "SELECT deleted_at, (SELECT count(*) FROM cluster_credentials WHERE cluster_id = id) "
+            "AS credentials FROM clusters WHERE id = $1",
             uuid.UUID(cluster_id),
         )
     finally:
         await connection.close()
-    assert row["kubeconfig_ciphertext"] is None and row["deleted_at"] is not None
+    assert row["credentials"] == 0 and row["deleted_at"] is not None
     await add(api, "retired", kubeconfigs.yaml())  # the name is free again
     page = await api.data(
         EVENTS, {"filter": {"clusterIds": [cluster_id]}, "first": 10, "after": None}

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.models import Cluster, ClusterState, ClusterStatus
+from fleetql.db.models import Cluster, ClusterCredential, ClusterState, ClusterStatus
 
 __all__ = ["ClusterFigures", "FleetFigures", "fleet_figures"]
 
@@ -54,7 +54,7 @@ def _due() -> ColumnElement[bool]:
     return and_(
         ClusterState.next_check_at <= func.now(),
         or_(ClusterState.claimed_until.is_(None), ClusterState.claimed_until <= func.now()),
-        Cluster.kubeconfig_ciphertext.is_not(None),
+        exists().where(ClusterCredential.cluster_id == ClusterState.cluster_id),
     )
 
 

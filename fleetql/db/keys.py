@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.models import Cluster, EncryptionKeyRecord
+from fleetql.db.models import Cluster, ClusterCredential, EncryptionKeyRecord
 from fleetql.db.rotation import StoredKubeconfig
 
 # The problem when the ring's key under the record's key id did not make the record, else None.
@@ -39,9 +39,10 @@ async def verify_encryption_key(
     cluster's next check. (An id that is its key's fingerprint needs no check.)
     """
     usage = (
-        select(Cluster.kubeconfig_key_id, func.count())
-        .where(Cluster.kubeconfig_key_id.is_not(None), Cluster.deleted_at.is_(None))
-        .group_by(Cluster.kubeconfig_key_id)
+        select(ClusterCredential.kubeconfig_key_id, func.count())
+        .join(Cluster, Cluster.id == ClusterCredential.cluster_id)
+        .where(Cluster.deleted_at.is_(None))
+        .group_by(ClusterCredential.kubeconfig_key_id)
     )
     records: dict[str, int] = {
         key: count for key, count in (await session.execute(usage)).all() if key is not None
@@ -69,18 +70,18 @@ async def verify_encryption_key(
 async def _check_samples(session: AsyncSession, check: CheckRecord, key_ids: list[str]) -> None:
     sample = (
         select(
-            Cluster.id,
-            Cluster.kubeconfig_format,
-            Cluster.kubeconfig_key_id,
-            Cluster.kubeconfig_ciphertext,
+            ClusterCredential.cluster_id,
+            ClusterCredential.kubeconfig_format,
+            ClusterCredential.kubeconfig_key_id,
+            ClusterCredential.kubeconfig_ciphertext,
         )
-        .ext(distinct_on(Cluster.kubeconfig_key_id))
+        .join(Cluster, Cluster.id == ClusterCredential.cluster_id)
+        .ext(distinct_on(ClusterCredential.kubeconfig_key_id))
         .where(
-            Cluster.kubeconfig_key_id.in_(key_ids),
-            Cluster.kubeconfig_ciphertext.is_not(None),
+            ClusterCredential.kubeconfig_key_id.in_(key_ids),
             Cluster.deleted_at.is_(None),
         )
-        .order_by(Cluster.kubeconfig_key_id, Cluster.id)
+        .order_by(ClusterCredential.kubeconfig_key_id, ClusterCredential.cluster_id)
     )
     for row in (await session.execute(sample)).all():
         record = StoredKubeconfig.from_row(row)

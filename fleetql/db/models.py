@@ -54,9 +54,6 @@ class Cluster(Base):
     description: Mapped[str] = mapped_column(Text, server_default="")
     labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     api_server_url: Mapped[str] = mapped_column(Text)
-    kubeconfig_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
-    kubeconfig_key_id: Mapped[str | None] = mapped_column(Text)
-    kubeconfig_format: Mapped[int | None] = mapped_column(SmallInteger)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column()
@@ -67,6 +64,21 @@ class Cluster(Base):
     credential_warned_at: Mapped[datetime | None] = mapped_column()
 
     state: Mapped[ClusterState] = relationship(back_populates="cluster", lazy="raise")
+
+
+class ClusterCredential(Base):
+    """A live cluster's encrypted kubeconfig, and which key and format made it. Kept apart from
+    ``clusters`` (1:1) so that the ~1 KB ciphertext does not fill the heap every list scans; only
+    the poller, imports and key rotation read it. A removed cluster has none."""
+
+    __tablename__ = "cluster_credentials"
+
+    cluster_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True
+    )
+    kubeconfig_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    kubeconfig_key_id: Mapped[str] = mapped_column(Text)
+    kubeconfig_format: Mapped[int] = mapped_column(SmallInteger)
 
 
 class ClusterState(Base):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Row, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.models import Cluster, EncryptionKeyRecord
+from fleetql.db.models import Cluster, ClusterCredential, EncryptionKeyRecord
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,15 @@ class StoredKubeconfig:
     def from_row(
         cls, row: Row[uuid.UUID, int | None, str | None, bytes | None]
     ) -> StoredKubeconfig:
-        """From a row of (id, kubeconfig_format, kubeconfig_key_id, kubeconfig_ciphertext)."""
+        """From a row of (cluster id, kubeconfig_format, kubeconfig_key_id,
+        kubeconfig_ciphertext)."""
         cluster_id, format_version, key_id, payload = row
         return cls(cluster_id, format_version or 0, key_id or "", payload or b"")
 
 
-_LIVE = (Cluster.deleted_at.is_(None), Cluster.kubeconfig_ciphertext.is_not(None))
+# Only live clusters have credentials (a removal erases them); the join keeps a rotation racing
+# a removal from rewrapping a record that is about to go.
+_LIVE = (Cluster.id == ClusterCredential.cluster_id, Cluster.deleted_at.is_(None))
 
 
 async def lock_kubeconfigs_to_rewrap(
@@ -52,26 +55,28 @@ async def lock_kubeconfigs_to_rewrap(
     caller counts what is left at the end. The caller commits."""
     query = (
         select(
-            Cluster.id,
-            Cluster.kubeconfig_format,
-            Cluster.kubeconfig_key_id,
-            Cluster.kubeconfig_ciphertext,
+            ClusterCredential.cluster_id,
+            ClusterCredential.kubeconfig_format,
+            ClusterCredential.kubeconfig_key_id,
+            ClusterCredential.kubeconfig_ciphertext,
         )
         .where(
             *_LIVE,
             or_(
-                Cluster.kubeconfig_key_id.is_distinct_from(primary),
-                Cluster.kubeconfig_format.is_distinct_from(format_version),
+                ClusterCredential.kubeconfig_key_id != primary,
+                ClusterCredential.kubeconfig_format != format_version,
             ),
         )
-        .order_by(Cluster.id)
+        .order_by(ClusterCredential.cluster_id)
         .limit(limit)
-        .with_for_update(of=Cluster, skip_locked=True)
+        # The cluster's row too: a change or removal of the cluster (which locks it) is
+        # waited for by nobody, and the record is rewrapped in a later pass.
+        .with_for_update(of=(Cluster, ClusterCredential), skip_locked=True)
     )
     if after is not None:
-        query = query.where(Cluster.id > after)
+        query = query.where(ClusterCredential.cluster_id > after)
     if skip:
-        query = query.where(Cluster.id.not_in(skip))
+        query = query.where(ClusterCredential.cluster_id.not_in(skip))
     rows = (await session.execute(query)).all()
     return [StoredKubeconfig.from_row(row) for row in rows]
 
@@ -83,8 +88,8 @@ async def store_rewrapped(session: AsyncSession, records: Sequence[StoredKubecon
     if not records:
         return
     statement = (
-        update(Cluster)
-        .where(Cluster.id == bindparam("b_id"))
+        update(ClusterCredential)
+        .where(ClusterCredential.cluster_id == bindparam("b_id"))
         .values(
             kubeconfig_ciphertext=bindparam("b_payload"),
             kubeconfig_key_id=bindparam("b_key_id"),
@@ -109,9 +114,11 @@ async def store_rewrapped(session: AsyncSession, records: Sequence[StoredKubecon
 async def count_kubeconfigs_by_key(session: AsyncSession) -> dict[tuple[str, int], int]:
     """How many live records each (key id, format version) has."""
     query = (
-        select(Cluster.kubeconfig_key_id, Cluster.kubeconfig_format, func.count())
+        select(
+            ClusterCredential.kubeconfig_key_id, ClusterCredential.kubeconfig_format, func.count()
+        )
         .where(*_LIVE)
-        .group_by(Cluster.kubeconfig_key_id, Cluster.kubeconfig_format)
+        .group_by(ClusterCredential.kubeconfig_key_id, ClusterCredential.kubeconfig_format)
     )
     return {
         (key_id or "", format_version or 0): count
@@ -122,10 +129,7 @@ async def count_kubeconfigs_by_key(session: AsyncSession) -> dict[tuple[str, int
 async def forget_unused_keys(session: AsyncSession, *, keep: str) -> list[str]:
     """Drop the recorded fingerprints of keys that no live record uses any more (except
     ``keep``), so that a server started without them is not refused. The caller commits."""
-    in_use = exists().where(
-        Cluster.kubeconfig_key_id == EncryptionKeyRecord.key_id,
-        Cluster.kubeconfig_ciphertext.is_not(None),
-    )
+    in_use = exists().where(ClusterCredential.kubeconfig_key_id == EncryptionKeyRecord.key_id)
     statement = (
         delete(EncryptionKeyRecord)
         .where(EncryptionKeyRecord.key_id != keep, ~in_use)

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.events import NewEvent, log_events
-from fleetql.db.models import Cluster, ClusterState, EventType
+from fleetql.db.models import Cluster, ClusterCredential, ClusterState, EventType
 
 # The fields whose change a user cares about: a change in any of them is an event.
 WATCHED_FIELDS = (
@@ -74,6 +74,7 @@ class StateChange:
 # Core statements on the tables, built once (or once per shape) with bound parameters: their
 # compiled form is cached, and none goes through the ORM's update machinery. Each check runs one.
 _clusters = cast(Table, Cluster.__table__)
+_credentials = cast(Table, ClusterCredential.__table__)
 _states = cast(Table, ClusterState.__table__)
 _STATE_COLUMNS = frozenset(_states.c.keys())
 
@@ -82,11 +83,12 @@ def _claim_statement() -> Update:
     due = (
         select(_states.c.cluster_id)
         .join(_clusters, _clusters.c.id == _states.c.cluster_id)
+        # Only a cluster with credentials can be checked (a removed one has none).
+        .join(_credentials, _credentials.c.cluster_id == _states.c.cluster_id)
         .where(
             _states.c.next_check_at <= func.now(),
             or_(_states.c.claimed_until.is_(None), _states.c.claimed_until <= func.now()),
             _clusters.c.deleted_at.is_(None),
-            _clusters.c.kubeconfig_ciphertext.is_not(None),
         )
         .order_by(_states.c.next_check_at)
         .limit(bindparam("limit", type_=Integer()))
@@ -96,14 +98,18 @@ def _claim_statement() -> Update:
     lease_ends = func.now() + bindparam("lease", type_=Interval())
     return (
         update(_states)
-        .where(_states.c.cluster_id == due.c.cluster_id, _clusters.c.id == _states.c.cluster_id)
+        .where(
+            _states.c.cluster_id == due.c.cluster_id,
+            _clusters.c.id == _states.c.cluster_id,
+            _credentials.c.cluster_id == _states.c.cluster_id,
+        )
         .values(next_check_at=lease_ends, claimed_until=lease_ends)
         .returning(
             _clusters.c.id,
             _clusters.c.name,
-            _clusters.c.kubeconfig_ciphertext,
-            _clusters.c.kubeconfig_key_id,
-            _clusters.c.kubeconfig_format,
+            _credentials.c.kubeconfig_ciphertext,
+            _credentials.c.kubeconfig_key_id,
+            _credentials.c.kubeconfig_format,
             _states.c.status,
             _states.c.consecutive_failures,
             _states.c.last_checked_at,
@@ -273,7 +279,7 @@ async def request_checks(session: AsyncSession, where: Sequence[Any]) -> int:
         .where(
             ClusterState.cluster_id == Cluster.id,
             Cluster.deleted_at.is_(None),
-            Cluster.kubeconfig_ciphertext.is_not(None),
+            exists().where(ClusterCredential.cluster_id == Cluster.id),
             *where,
         )
         .values(next_check_at=func.least(ClusterState.next_check_at, func.now()))

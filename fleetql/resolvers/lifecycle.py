@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fleetql.access import Role
 from fleetql.credentials import inspect_credential
+from fleetql.crypto import EncryptedBlob
 from fleetql.db import clusters as db
 from fleetql.db.events import NewEvent, log_events
 from fleetql.db.models import Cluster, EventType
@@ -134,6 +135,7 @@ async def update_cluster(
                 ]
             )
         changes: dict[str, tuple[Any, Any]] = {}
+        blob: EncryptedBlob | None = None
         if change.name is not None and change.name != cluster.name:
             if await db.name_is_taken(session, change.name):
                 return LifecycleResult(
@@ -167,9 +169,6 @@ async def update_cluster(
             if resolved.server != cluster.api_server_url:
                 changes["api_server_url"] = (cluster.api_server_url, resolved.server)
             cluster.api_server_url = resolved.server
-            cluster.kubeconfig_ciphertext = blob.payload
-            cluster.kubeconfig_key_id = blob.key_id
-            cluster.kubeconfig_format = blob.format_version
             cluster.credential_kind = credential.kind.value
             cluster.credential_expires_at = credential.expires_at
             cluster.credential_subject = credential.subject
@@ -185,7 +184,14 @@ async def update_cluster(
                 return LifecycleResult(
                     user_errors=[UserError("name", "NAME_TAKEN", "the name was taken meanwhile")]
                 )
-            if resolved is not None:
+            if blob is not None:
+                await db.store_credentials(
+                    session,
+                    cluster.id,
+                    kubeconfig_ciphertext=blob.payload,
+                    kubeconfig_key_id=blob.key_id,
+                    kubeconfig_format=blob.format_version,
+                )
                 await db.check_soon(session, cluster.id)
             await log_events(session, [_updated(cluster, changes, context.actor)])
             await session.commit()
@@ -234,10 +240,8 @@ async def remove_cluster(context: Context, cluster_id: uuid.UUID) -> LifecycleRe
         cluster.deleted_at = func.now()
         cluster.updated_at = func.now()
         cluster.version += 1
-        cluster.kubeconfig_ciphertext = None
-        cluster.kubeconfig_key_id = None
-        cluster.kubeconfig_format = None
         await session.flush()
+        await db.erase_credentials(session, cluster.id)
         await log_events(
             session,
             [

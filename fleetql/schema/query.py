@@ -47,7 +47,10 @@ def cluster_filter_of(filter: ClusterFilter | None) -> DbClusterFilter:
 @strawberry.type
 class Query:
     @strawberry.field(
-        permission_classes=VIEWER, description="A page of clusters matching the filter."
+        permission_classes=VIEWER,
+        description="A page of clusters matching the filter. `after` takes a page's "
+        "pageInfo.endCursor (made with the same orderBy) instead of `page`: every page then "
+        "costs what the first one does.",
     )
     async def clusters(
         self,
@@ -56,6 +59,7 @@ class Query:
         page: int = 1,
         limit: int = 20,
         order_by: ClusterOrder | None = None,
+        after: strawberry.ID | None = None,
     ) -> ClusterPage:
         order = order_by or ClusterOrder()
         result = await clusters.list_clusters(
@@ -63,6 +67,7 @@ class Query:
             where=cluster_filter_of(filter),
             page=page,
             limit=limit,
+            after=None if after is None else str(after),
             ordering=Ordering(
                 field=OrderField(order.field.value),
                 descending=order.direction is OrderDirection.DESC,

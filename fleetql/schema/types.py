@@ -197,6 +197,7 @@ class ClusterPage:
     page: int
     limit: int
     items: list[Cluster]
+    page_info: PageInfo
 
     @classmethod
     def from_result(cls, result: ClusterPageResult) -> Self:
@@ -205,6 +206,10 @@ class ClusterPage:
             page=result.page,
             limit=result.limit,
             items=[Cluster.from_row(row) for row in result.items],
+            page_info=PageInfo(
+                end_cursor=None if result.end_cursor is None else strawberry.ID(result.end_cursor),
+                has_next_page=result.has_next_page,
+            ),
         )
 
 
@@ -311,7 +316,7 @@ def _status(value: str | None) -> ClusterStatus | None:
 @strawberry.type
 class PageInfo:
     end_cursor: strawberry.ID | None = strawberry.field(
-        description="Pass as `after` for the next (older) page."
+        description="Pass as `after` for the next page (of events: the next older one)."
     )
     has_next_page: bool
 
