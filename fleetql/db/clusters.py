@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.models import Cluster, ClusterState, ClusterStatus
+from fleetql.db.totals import count_live_clusters
 from fleetql.labels import Operator, Requirement
 
 
@@ -251,7 +252,7 @@ async def list_clusters(
     conditions = filter_conditions(where)
     total = None
     if count:
-        total = int((await session.execute(_count_query(where, conditions))).scalar_one())
+        total = await _count(session, where, conditions)
         if limit == 0 or offset >= total:
             return total, []
     elif limit == 0:
@@ -282,6 +283,26 @@ async def list_clusters(
         )
     rows = (await session.execute(page_query)).all()
     return total, [_to_record(row) for row in rows]
+
+
+def counts_from_totals(where: ClusterFilter) -> bool:
+    """Whether ``where`` selects the whole fleet or only by status, which ``fleet_totals``
+    answers without a scan (a principal with label grants has a scope, and is counted)."""
+    return (
+        where.scope is None
+        and not where.search
+        and not where.labels
+        and not where.selector
+        and where.credential_expires_before is None
+    )
+
+
+async def _count(
+    session: AsyncSession, where: ClusterFilter, conditions: list[ColumnElement[bool]]
+) -> int:
+    if counts_from_totals(where):
+        return await count_live_clusters(session, [status.value for status in where.statuses])
+    return int((await session.execute(_count_query(where, conditions))).scalar_one())
 
 
 def _count_query(where: ClusterFilter, conditions: list[ColumnElement[bool]]) -> Select[int]:
