@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.models import Cluster, ClusterCredential, ClusterState, ClusterStatus
+from fleetql.db.totals import count_live_clusters
 from fleetql.labels import Operator, Requirement
 
 
@@ -309,7 +310,7 @@ async def list_clusters(
         )
     total = None
     if count:
-        total = int((await session.execute(_count_query(where, conditions))).scalar_one())
+        total = await _count(session, where, conditions)
         if limit == 0 or offset >= total:
             return total, []
     elif limit == 0:
@@ -400,10 +401,27 @@ async def _list_searched(
     return total, [_to_record(row, drop=("total",)) for row in rows]
 
 
+def counts_from_totals(where: ClusterFilter) -> bool:
+    """Whether ``where`` selects the whole fleet or only by status, which ``fleet_totals``
+    answers without a scan (a principal with label grants has a scope, and is counted)."""
+    return (
+        where.scope is None
+        and not where.search
+        and not where.labels
+        and not where.selector
+        and where.credential_expires_before is None
+    )
+
+
+async def _count(
+    session: AsyncSession, where: ClusterFilter, conditions: list[ColumnElement[bool]]
+) -> int:
+    if counts_from_totals(where):
+        return await count_live_clusters(session, [status.value for status in where.statuses])
+    return int((await session.execute(_count_query(where, conditions))).scalar_one())
+
+
 def _count_query(where: ClusterFilter, conditions: list[ColumnElement[bool]]) -> Select[int]:
-    others = (where.scope, where.search, where.credential_expires_before)
-    if where.statuses and others == (None, None, None) and not (where.labels or where.selector):
-        return _status_count_query(where.statuses)
     query = (
         select(func.count())
         .select_from(Cluster)
@@ -413,31 +431,6 @@ def _count_query(where: ClusterFilter, conditions: list[ColumnElement[bool]]) ->
         # Only a status filter needs the states; every live cluster has exactly one.
         query = query.join(ClusterState, ClusterState.cluster_id == Cluster.id)
     return query
-
-
-def _status_count_query(statuses: Sequence[ClusterStatus]) -> Select[int]:
-    """How many live clusters have one of ``statuses``, counted on ``cluster_states`` alone.
-
-    Joining the few matching states to ``clusters`` to skip removed clusters makes PostgreSQL
-    hash every live cluster (100,000 index entries for 6,000 matches). Every cluster has
-    exactly one state, so the states with those statuses, less those of removed clusters (an
-    index-only count, then a walk of the removed clusters' index), is the same number.
-    """
-    values = [status.value for status in statuses]
-    states = (
-        select(func.count())
-        .select_from(ClusterState)
-        .where(ClusterState.status.in_(values))
-        .scalar_subquery()
-    )
-    removed = (
-        select(func.count())
-        .select_from(Cluster)
-        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
-        .where(Cluster.deleted_at.is_not(None), ClusterState.status.in_(values))
-        .scalar_subquery()
-    )
-    return select(states - removed)
 
 
 async def get_cluster(

@@ -112,6 +112,25 @@ class ClusterState(Base):
     cluster: Mapped[Cluster] = relationship(back_populates="state", lazy="raise")
 
 
+class FleetTotal(Base):
+    """One shard of the sums over live clusters of one (status, minor version): kept by triggers
+    (alembic/versions/0006_fleet_totals.py); only the sum over a group's shards means anything."""
+
+    __tablename__ = "fleet_totals"
+
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    # "v1.28"; '' when the version is unknown (a key column cannot be null).
+    minor: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    clusters: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    nodes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    ready_nodes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cpu_capacity_cores: Mapped[Decimal] = mapped_column(Numeric, server_default="0")
+    cpu_allocatable_cores: Mapped[Decimal] = mapped_column(Numeric, server_default="0")
+    memory_capacity_bytes: Mapped[Decimal] = mapped_column(Numeric, server_default="0")
+    memory_allocatable_bytes: Mapped[Decimal] = mapped_column(Numeric, server_default="0")
+
+
 class EventType(enum.StrEnum):
     """What an entry of the event log records."""
 

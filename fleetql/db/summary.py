@@ -1,7 +1,10 @@
-"""The dashboard header in one statement: totals by status and by Kubernetes minor version.
+"""The dashboard header: totals by status and by Kubernetes minor version.
 
-GROUPING SETS answers the overall totals, the per-status counts and the per-version counts in a
-single scan, which is what keeps it fast at 100,000 clusters.
+The whole fleet's header (no filter, no access scope) is read from ``fleet_totals``, which
+triggers keep exact in every writing transaction, with one index range for the credentials
+expiring soon in the same statement (that depends on now(), so it cannot be kept). Any filter
+or scope aggregates the matching clusters in one statement: GROUPING SETS answers the overall
+totals, the per-status counts and the per-version counts in a single scan.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from decimal import Decimal
 from sqlalchemy import and_, func, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.clusters import ClusterFilter, filter_conditions
+from fleetql.db.clusters import ClusterFilter, counts_from_totals, filter_conditions
 from fleetql.db.models import Cluster, ClusterState
+from fleetql.db.totals import TotalsGroup, fleet_totals_query
 
-__all__ = ["FleetSummary", "fleet_summary"]
+__all__ = ["FleetSummary", "aggregate_fleet_summary", "fleet_summary"]
 
 # "v1.28.7" and "v1.29.0-eks-1234" → "v1.28" / "v1.29"; null stays null (never checked).
 # (A literal pattern, not a bound parameter: GROUP BY and GROUPING must see the same expression.)
@@ -40,6 +44,48 @@ class FleetSummary:
 async def fleet_summary(
     session: AsyncSession, where: ClusterFilter, *, expiring_before: datetime
 ) -> FleetSummary:
+    """The header of the live clusters matching ``where``."""
+    if counts_from_totals(where) and not where.statuses:
+        return await _summary_from_totals(session, expiring_before=expiring_before)
+    return await aggregate_fleet_summary(session, where, expiring_before=expiring_before)
+
+
+async def _summary_from_totals(session: AsyncSession, *, expiring_before: datetime) -> FleetSummary:
+    # The expiring count rides along as a column: one statement, one snapshot.
+    expiring = (
+        select(func.count())
+        .where(Cluster.deleted_at.is_(None), Cluster.credential_expires_at < expiring_before)
+        .scalar_subquery()
+    )
+    query = fleet_totals_query().add_columns(expiring.label("expiring"))
+    rows = (await session.execute(query)).all()
+    if not rows:
+        return FleetSummary()
+    groups = [TotalsGroup.from_row(row) for row in rows]
+    by_status: dict[str, int] = {}
+    by_minor: dict[str | None, int] = {}
+    for group in groups:
+        by_status[group.status] = by_status.get(group.status, 0) + group.clusters
+        by_minor[group.minor] = by_minor.get(group.minor, 0) + group.clusters
+    return FleetSummary(
+        clusters=sum(group.clusters for group in groups),
+        by_status=by_status,
+        by_minor_version=by_minor,
+        nodes=sum(group.nodes for group in groups),
+        ready_nodes=sum(group.ready_nodes for group in groups),
+        cpu_capacity_cores=sum((group.cpu_capacity_cores for group in groups), Decimal(0)),
+        cpu_allocatable_cores=sum((group.cpu_allocatable_cores for group in groups), Decimal(0)),
+        memory_capacity_bytes=sum(group.memory_capacity_bytes for group in groups),
+        memory_allocatable_bytes=sum(group.memory_allocatable_bytes for group in groups),
+        credentials_expiring=int(rows[0].expiring),
+    )
+
+
+async def aggregate_fleet_summary(
+    session: AsyncSession, where: ClusterFilter, *, expiring_before: datetime
+) -> FleetSummary:
+    """The header computed from the clusters themselves, in one statement: what a filtered or
+    scoped header runs, and what ``fleet_totals`` must always agree with."""
     status_group = func.grouping(ClusterState.status)
     minor_group = func.grouping(_MINOR)
     query = (
