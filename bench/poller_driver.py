@@ -3,8 +3,9 @@
 ``python -m bench.poller_driver --clusters N --concurrency C --sim-pid PID [--sweeps KIND ...]
 [--profile] [--gc-threshold T] [--sample K]`` reads the database URL and the encryption key from
 the environment (``BENCH_POLLER_DATABASE_URL``, ``BENCH_POLLER_KEY``: not argv, which any user
-can read), builds a ``Poller`` and a ``ClientPool`` as ``fleetql poll`` does, and runs one full
-sweep (every cluster due, each checked once) per kind:
+can read), builds a ``Poller`` and a ``ClientPool`` and settles the heap
+(:func:`fleetql.poller.heap.settle_heap`) as ``fleetql poll`` does, and runs one full sweep
+(every cluster due, each checked once) per kind:
 
 - ``cold``: the pool is empty, so every check builds its ApiClient and handshakes TLS;
 - ``warm``: right after, pooled clients and their kept-alive connections are reused;
@@ -42,6 +43,7 @@ from bench.poller_profile import summarize_profile
 from fleetql.config import DatabaseSettings, PollerSettings
 from fleetql.crypto import EncryptionKey, KubeconfigCipher
 from fleetql.db.engine import create_engine, create_session_factory
+from fleetql.poller.heap import settle_heap
 from fleetql.poller.pool import ClientPool
 from fleetql.poller.worker import Poller
 
@@ -231,7 +233,8 @@ async def timed_sweep(
 @dataclass(frozen=True)
 class DriverOptions:
     """What one driver process does; ``gc_threshold`` sets the collector's first threshold
-    (700 by default) before anything is built: the what-if of a poller that collects less."""
+    after ``settle_heap`` (which raises it to 20,000 as ``fleetql poll`` does): 700, Python's
+    default, is the what-if of a poller that does not tune its collector."""
 
     clusters: int
     concurrency: int
@@ -247,9 +250,8 @@ class DriverOptions:
 
 
 async def drive(options: DriverOptions) -> dict[str, Any]:
-    """Build the poller as ``fleetql poll`` would, with a pool that holds the whole fleet."""
-    if options.gc_threshold is not None:
-        gc.set_threshold(options.gc_threshold)
+    """Build the poller as ``fleetql poll`` would, with a pool that holds the whole fleet, and
+    settle the heap as it does once started (``gc_threshold`` then overrides its threshold)."""
     url = os.environ[DATABASE_URL_VARIABLE]
     cipher = KubeconfigCipher(EncryptionKey.from_base64(os.environ[KEY_VARIABLE]))
     engine = create_engine(url, DatabaseSettings(url=url))
@@ -270,6 +272,9 @@ async def drive(options: DriverOptions) -> dict[str, Any]:
                     settings=settings,
                     pool=pool,
                 )
+                settle_heap()
+                if options.gc_threshold is not None:
+                    gc.set_threshold(options.gc_threshold)
                 sweeps = [
                     await timed_sweep(
                         poller,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleetql.poller.probe import PAGE_SIZE
+
 __all__ = ["render", "summarize_targets"]
 
 FLOOR_FACTOR = 2.0
@@ -109,8 +111,8 @@ def _fleet_section(fleet: dict[str, Any]) -> str:
         f"{floor['orjson_and_sum_us_per_node']:.1f} µs/node with fleetql's summation; "
         f"{floor['orjson_with_gc_us_per_node']:.1f} µs/node with the GC running in a process "
         f"holding fleetql ({floor['gc_tracked_objects']:,} tracked objects); "
-        f"{floor['orjson_small_pages_us_per_node']:.1f} µs/node (GC paused) in pages of "
-        f"{floor['small_page_size']}. The stored "
+        f"{_compared_pages(floor)[1]:.1f} µs/node (GC paused) in pages of "
+        f"{_compared_pages(floor)[0]}. The stored "
         f"kubeconfig parses in {floor['kubeconfig_safe_load_ms']:.2f} ms (`yaml.safe_load`) or "
         f"{floor['kubeconfig_csafe_load_ms']:.2f} ms (`CSafeLoader`). Simulator: rendered in "
         f"{setup['sim_render_s']:.1f} s, {setup['sim_rss_mib']:,.0f} MiB; import "
@@ -125,7 +127,7 @@ def _targets_section(targets: dict[str, Any]) -> str:
             f"- CPU per node within {FLOOR_FACTOR:g}x the orjson floor, {entry['fleet']}: "
             f"{_verdict(entry['met'])}: {entry['cpu_us_per_node']:.0f} µs/node against "
             f"{entry['floor_us_per_node']:.1f}, **{entry['ratio']:.1f}x** (best warm sweep); "
-            f"{entry['gc_what_if_ratio']:.1f}x with the GC what-if below."
+            f"{entry['gc_what_if_ratio']:.1f}x with Python's default collector (what-if below)."
         )
     fleet = targets["fleet_10k_in_half_a_core"]
     lines.append(
@@ -133,7 +135,7 @@ def _targets_section(targets: dict[str, Any]) -> str:
         f"{CORE_BUDGET} core: {_verdict(fleet['met'])}: {fleet['cpu_ms_per_check']:.1f} ms per "
         f"check ({fleet['basis']} sweep, max_concurrency {fleet['concurrency']}) → "
         f"**{fleet['cores']:.2f} cores**; {fleet['warm_cores']:.2f} from the warm sweep, "
-        f"{fleet['gc_what_if_cores']:.2f} with the GC what-if. It needs "
+        f"{fleet['gc_what_if_cores']:.2f} with Python's default collector. It needs "
         f"{fleet['checks_per_s_needed']:.0f} checks/s; this sweep ran "
         f"{fleet['checks_per_s_measured']:.0f}/s on the shared machine."
     )
@@ -159,8 +161,9 @@ def _what_if_section(fleets: list[dict[str, Any]]) -> str:
     threshold = fleets[0]["gc_what_if"]["gc_threshold"]
     return (
         f"### What-if: `gc.set_threshold({threshold:,})` in the poller process\n\n"
-        "Same sweeps at the reference concurrency, the collector's first threshold raised from "
-        "700 before anything is built (fleetql unchanged otherwise):\n\n"
+        "Same sweeps at the reference concurrency, the collector's first threshold put back "
+        "after `settle_heap` (`fleetql/poller/heap.py`, which raises it to 20,000 and freezes "
+        "the start-up heap, as `fleetql serve` and `poll` do):\n\n"
         "| fleet | sweep | CPU ms/check now | with the threshold | change | x floor "
         "| peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n"
     )
@@ -259,33 +262,42 @@ def _gc_reading(small: dict[str, Any], large: dict[str, Any], concurrency: int) 
     floor = small["floor"]
     return (
         f"- **Garbage collection** takes {100 * small_warm['gc_share']:.0f} % of a warm 50-node "
-        f"check and {100 * large_warm['gc_share']:.0f} % of a 1,000-node one. A parsed node "
-        "list is thousands of dicts kept alive across awaits (`_list` in "
-        "`fleetql/poller/probe.py` holds every page's items until `probe` calls "
-        "`summarize_nodes`), so they reach the oldest generation and each full collection walks "
-        "the whole heap: fleetql's modules, SQLAlchemy's caches, every pooled client and every "
-        f"list in flight. orjson alone costs {floor['orjson_us_per_node']:.0f} µs/node with the "
-        f"collector paused, {floor['orjson_with_gc_us_per_node']:.0f} with it running in such a "
-        "heap. Raising the first threshold alone (what-if above) cut CPU per check by "
-        f"{-100 * _change(small, concurrency, 'warm'):.0f} % (50 nodes) and "
-        f"{-100 * _change(large, concurrency, 'warm'):.0f} % (1,000 nodes), warm. **Fix**: "
-        "`gc.set_threshold(20_000)` plus `gc.freeze()` once started, where `fleetql poll` and "
-        "`serve` start the poller (`running_poller` in `fleetql/poller/service.py`); better "
-        "still, fold each page into a running `NodeSummary` in `_list` as it arrives, so no "
-        "node dict outlives its page, which also bounds memory to one page per check (peak RSS "
-        "now grows with max_concurrency x nodes per cluster).\n"
+        f"check and {100 * large_warm['gc_share']:.0f} % of a 1,000-node one. `settle_heap` "
+        "(`fleetql/poller/heap.py`) raises the first threshold to 20,000 and freezes the heap "
+        "start-up built (modules, settings, the engine), so full collections no longer walk it; "
+        "each page's nodes are summed and dropped as it arrives. orjson alone costs "
+        f"{floor['orjson_us_per_node']:.0f} µs/node with the collector paused, "
+        f"{floor['orjson_with_gc_us_per_node']:.0f} with Python's default collector running in "
+        "a process holding fleetql. Putting the threshold back to Python's default (what-if "
+        f"above) costs {100 * _change(small, concurrency, 'warm'):+.0f} % CPU per check "
+        f"(50 nodes) and {100 * _change(large, concurrency, 'warm'):+.0f} % (1,000 nodes), "
+        "warm.\n"
     )
+
+
+def _compared_pages(floor: dict[str, Any]) -> tuple[int, float]:
+    """The floor's second page size and orjson's µs/node in it (results measured before
+    ``PAGE_SIZE`` became 100 compared pages of 100 instead of 500)."""
+    if "large_page_size" in floor:
+        return floor["large_page_size"], floor["orjson_large_pages_us_per_node"]
+    return floor["small_page_size"], floor["orjson_small_pages_us_per_node"]
 
 
 def _page_size_reading(large: dict[str, Any]) -> str:
     floor = large["floor"]
+    size, compared_us = _compared_pages(floor)
+    if "large_page_size" not in floor:
+        return (
+            f"- **Page size**: orjson parsed 500-node pages for {floor['orjson_us_per_node']:.0f} "
+            f"µs/node but {size}-node pages for {compared_us:.0f} (GC paused, same nodes).\n"
+        )
     return (
-        "- **Page size**: orjson parses 500-node pages "
-        f"(~{floor['bytes_per_node'] * 500 / 1e6:.0f} MB each) for "
-        f"{floor['orjson_us_per_node']:.0f} µs/node but {floor['small_page_size']}-node pages "
-        f"for {floor['orjson_small_pages_us_per_node']:.0f} (GC paused, same nodes). **Fix**: "
-        "`PAGE_SIZE = 100` in `fleetql/poller/probe.py` (a few more requests per large "
-        "cluster, each well under a millisecond of poller CPU).\n"
+        f"- **Page size**: nodes are listed `PAGE_SIZE` ({PAGE_SIZE}) at a time "
+        "(`fleetql/poller/probe.py`): orjson parses those pages for "
+        f"{floor['orjson_us_per_node']:.0f} µs/node, {size}-node pages "
+        f"(~{floor['bytes_per_node'] * size / 1e6:.0f} MB each) for "
+        f"{compared_us:.0f} (GC paused, same nodes); smaller pages "
+        "also keep fewer live objects for each young collection to walk.\n"
     )
 
 
@@ -388,13 +400,14 @@ def render(result: dict[str, Any]) -> str:
     intro = (
         "## Poller: full sweeps of a simulated fleet\n\n"
         "One sweep checks every cluster once (`Poller.sweep()`: readyz, version, nodes in pages "
-        "of 500, metrics, one `record_check`). The simulator, PostgreSQL and the poller each run "
-        "in a process of their own; CPU and peak RSS are the poller process's own (the machine "
-        "is shared, so wall times are loose). *cold*: empty client pool (ApiClients built, TLS "
-        "handshakes); *warm*: right after, pooled clients, whose connections are still open "
-        "only if the previous sweep took under aiohttp's 15 s keep-alive (the TLS handshakes "
-        "column tells); *idle*: pooled clients after that keep-alive ran out, i.e. a new TLS "
-        "connection per check, as with checks 5 minutes apart. CPU µs/node is the whole check's "
+        f"of {PAGE_SIZE}, metrics, one `record_check`). The simulator, PostgreSQL and the "
+        "poller each run in a process of their own; CPU and peak RSS are the poller process's "
+        "own (the machine is shared, so wall times are loose). *cold*: empty client pool "
+        "(ApiClients built, TLS handshakes); *warm*: right after, pooled clients, whose "
+        "connections are still open only if the previous sweep took under aiohttp's 15 s "
+        "keep-alive (the TLS handshakes column tells); *idle*: pooled clients after that "
+        "keep-alive ran out, i.e. a new TLS connection per check, as with checks 5 minutes "
+        "apart. CPU µs/node is the whole check's "
         "CPU over the nodes listed; the floor is `orjson.loads` of the same bytes.\n"
     )
     return "\n".join(

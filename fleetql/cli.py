@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import gc
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ import httpx
 
 from fleetql.config import ConfigError, Settings, load_settings
 from fleetql.logs import configure_logging
+from fleetql.poller.heap import settle_heap
 
 logger = logging.getLogger("fleetql")
 
@@ -154,14 +154,6 @@ def _settings(args: argparse.Namespace, server: dict[str, Any] | None = None) ->
     return settings
 
 
-def _tune_gc() -> None:
-    """Collect the young generation less often. A check parses thousands of short-lived dicts;
-    at the default threshold (700) the collector took 40-55 % of the poller's CPU, and a
-    threshold of 20,000 cut CPU per check by a third (bench/poller.py)."""
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(20_000, older, oldest)
-
-
 def _serve(args: argparse.Namespace) -> int:
     from fleetql.app import create_app
     from fleetql.server import FleetServer, uvicorn_config
@@ -177,7 +169,6 @@ def _serve(args: argparse.Namespace) -> int:
             update={"enabled": True, "check_interval": _DEMO_EVERY, "retry_delay": _DEMO_EVERY / 2}
         )
         settings = settings.model_copy(update={"poller": poller})
-    _tune_gc()
     app = create_app(
         settings,
         migrate=not args.no_migrate,
@@ -188,6 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     # SIGTERM: /readyz fails, websockets close with 1012, the poller releases its claims, running
     # requests finish within server.shutdown_grace, the pools close, exit 0 (README, Shutdown).
     server = FleetServer(config, on_shutdown=app.state.drain.begin)
+    settle_heap()  # modules, settings and the app are built: out of the collector's sight
     server.run()
     return 0 if server.started else 1
 
@@ -226,7 +218,6 @@ def _poll(args: argparse.Namespace) -> int:
     from fleetql.poller.worker import Poller
 
     settings = _settings(args)
-    _tune_gc()
     metrics_port = (
         args.metrics_port if args.metrics_port is not None else settings.metrics.poller_port
     )
@@ -238,6 +229,7 @@ def _poll(args: argparse.Namespace) -> int:
     async def run() -> None:
         # API replicas relay the events this process logs (see README, "Several replicas").
         async with open_services(settings, migrate=False, relay_events=False) as services:
+            settle_heap()  # modules, settings and the engine are built
             if args.once:
                 async with ClientPool(max_clients=settings.cluster_manager.max_clients) as pool:
                     poller = Poller(
