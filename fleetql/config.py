@@ -148,6 +148,11 @@ class DatabaseSettings(_Section):
     pool_size: int = Field(default=10, ge=1)
     max_overflow: int = Field(default=10, ge=0)
     pool_timeout: Duration = timedelta(seconds=30)
+    # Pooled connections older than this are replaced at their next checkout. There is no
+    # ping per checkout (a round trip on every request): a read whose connection turns out to
+    # be dead is retried once on a new one, and this bounds how stale a connection can get
+    # (idle timeouts of firewalls and proxies, memory a long-lived backend accumulates).
+    pool_recycle: Duration = timedelta(minutes=30)
     # Behind pgbouncer in transaction mode prepared statements must be off: set this to 0.
     statement_cache_size: int = Field(default=100, ge=0)
 

@@ -254,8 +254,7 @@ class DatabaseMetrics:
         )
         self.checkout_wait = Histogram(
             "fleetql_db_pool_checkout_wait_seconds",
-            "Time to get a connection from the pool: waiting for a free one, opening one, "
-            "and the pre-ping.",
+            "Time to get a connection from the pool: waiting for a free one or opening one.",
             buckets=WAIT_BUCKETS,
             registry=registry,
         )

@@ -124,17 +124,16 @@ async def list_clusters(
             statuses=statuses, search=search, labels=labels, label_selector=label_selector
         )
     where = replace(where, scope=context.scope())
-    async with context.services.sessions() as session:
-        # One more than the page: whether it exists is hasNextPage.
-        total, items = await db.list_clusters(
-            session,
-            where,
-            ordering=ordering,
-            offset=(page - 1) * limit,
-            limit=limit + 1,
-            count=count,
-            after=keyset,
-        )
+    # One more than the page: whether it exists is hasNextPage.
+    total, items = await context.read(
+        db.list_clusters,
+        where,
+        ordering=ordering,
+        offset=(page - 1) * limit,
+        limit=limit + 1,
+        count=count,
+        after=keyset,
+    )
     items, more = items[:limit], items[limit:]
     return ClusterPage(
         total=total,
@@ -149,12 +148,10 @@ async def list_clusters(
 async def fleet_summary(context: Context, *, where: db.ClusterFilter) -> FleetSummary:
     warning = context.services.settings.cluster_manager.credential_expiry_warning
     where = replace(where, scope=context.scope())
-    async with context.services.sessions() as session:
-        return await summary.fleet_summary(
-            session, where, expiring_before=datetime.now(UTC) + warning
-        )
+    return await context.read(
+        summary.fleet_summary, where, expiring_before=datetime.now(UTC) + warning
+    )
 
 
 async def get_cluster(context: Context, cluster_id: uuid.UUID) -> db.ClusterRecord | None:
-    async with context.services.sessions() as session:
-        return await db.get_cluster(session, cluster_id, scope=context.scope())
+    return await context.read(db.get_cluster, cluster_id, scope=context.scope())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,9 +16,15 @@ from fleetql.auth import Authenticator
 from fleetql.auth.sockets import SocketGuard
 from fleetql.config import Settings
 from fleetql.crypto import KubeconfigCipher
+from fleetql.db.engine import is_lost_connection
 from fleetql.events.bus import EventBus
 from fleetql.events.relay import EventRelay
 from fleetql.metrics.instruments import Metrics
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,10 @@ class Services:
     """What the app's lifespan owns and hands to every request."""
 
     settings: Settings
+    # Sessions for writes (a transaction each, committed by their user)…
     sessions: async_sessionmaker[AsyncSession]
+    # … and for reads: the same pool, AUTOCOMMIT (see ``db.engine``); through Context.read.
+    reads: async_sessionmaker[AsyncSession]
     cipher: KubeconfigCipher
     events: EventBus
     relay: EventRelay
@@ -36,13 +46,15 @@ class Services:
 
 
 class SharedReads:
-    """One session for the reads that run at the same time in one context: a cluster's
-    ``events`` and ``availability`` resolve concurrently, and each session costs a pool
-    checkout with its pre-ping and a BEGIN … ROLLBACK, more than their statements do.
+    """One session, so one pooled connection, for the reads of one request or of one
+    websocket event's resolvers: a cluster's ``events`` and ``availability`` resolve
+    concurrently, and every list page is a resolver of its own.
 
-    The session opens with the first reader and closes when the last one is done, so it never
-    outlives a request and never spans a websocket's events (whose context lasts as long as
-    the connection). Readers take turns: an AsyncSession runs one statement at a time.
+    The session opens with the first reader and closes when the last one is done (``held``
+    counts as a reader: the HTTP view holds the reads for the whole request, so a query's
+    fields share one checkout even when they run one after the other). It never outlives a
+    request and never spans a websocket's events (whose context lasts as long as the
+    connection). Readers take turns: an AsyncSession runs one statement at a time.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -62,20 +74,40 @@ class SharedReads:
                 try:
                     yield session
                 except Exception:
-                    # A failed statement aborts the transaction: the next reader gets a new one.
+                    # A failed statement (or a lost connection) releases the connection: the
+                    # next reader checks out another.
                     await session.rollback()
                     raise
                 except BaseException:
                     # Cancelled, perhaps mid-statement: close it as an unshared session would
                     # be closed; readers still waiting open a new one.
                     self._session = None
-                    await session.close()
+                    await _close(session)
                     raise
         finally:
             self._readers -= 1
-            if self._readers == 0 and self._session is not None:
-                idle, self._session = self._session, None
-                await idle.close()
+            await self._close_if_idle()
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Keep the session that readers open inside this block until the block ends."""
+        self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            await self._close_if_idle()
+
+    async def _close_if_idle(self) -> None:
+        if self._readers == 0 and self._session is not None:
+            idle, self._session = self._session, None
+            await _close(idle)
+
+
+async def _close(session: AsyncSession) -> None:
+    """Close even when the closing task is being cancelled: a connection abandoned half-way
+    back to the pool is lost to it until the garbage collector finds it."""
+    await asyncio.shield(session.close())
 
 
 @dataclass(eq=False)
@@ -94,11 +126,43 @@ class Context:
     _reads: SharedReads | None = field(default=None, init=False, repr=False)
 
     def reading(self) -> AbstractAsyncContextManager[AsyncSession]:
-        """A session for reads only, shared with the reads running at the same time (see
-        SharedReads); writes open a session of their own and commit it."""
+        """A session for reads only (AUTOCOMMIT), shared with the other reads of this request
+        (see SharedReads); writes open a session of their own and commit it. Prefer ``read``,
+        which also survives a connection that died in the pool."""
+        return self._shared_reads().session()
+
+    async def read(
+        self,
+        fetch: Callable[Concatenate[AsyncSession, P], Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``await fetch(session, *args, **kwargs)`` on a read session, once more on a new
+        connection if the pooled one turns out to be dead (there is no ping per checkout).
+        Only reads are retried: repeating one changes nothing."""
+        try:
+            async with self.reading() as session:
+                return await fetch(session, *args, **kwargs)
+        except Exception as error:
+            if not is_lost_connection(error):
+                raise
+            logger.warning(
+                "a pooled database connection was lost (%s); reading again on a new one",
+                type(getattr(error, "orig", error)).__name__,
+            )
+        async with self.reading() as session:
+            return await fetch(session, *args, **kwargs)
+
+    def holding_reads(self) -> AbstractAsyncContextManager[None]:
+        """Keep the read session (and its connection) from the first read until this block
+        ends: the HTTP view wraps each request in it."""
+        return self._shared_reads().held()
+
+    def _shared_reads(self) -> SharedReads:
         if self._reads is None:
-            self._reads = SharedReads(self.services.sessions)
-        return self._reads.session()
+            self._reads = SharedReads(self.services.reads)
+        return self._reads
 
     @property
     def actor(self) -> str | None:

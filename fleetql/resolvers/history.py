@@ -42,17 +42,16 @@ async def list_events(
     if since is not None and until is not None and since >= until:
         raise InvalidArgument("filter.since", "must be before filter.until")
     before_id = None if after is None else parse_event_id(after, "after")
-    async with context.reading() as session:
-        page = await log.list_events(
-            session,
-            cluster_ids=ids,
-            types=types,
-            since=since,
-            until=until,
-            before_id=before_id,
-            first=first,
-            scope=context.scope(),
-        )
+    page = await context.read(
+        log.list_events,
+        cluster_ids=ids,
+        types=types,
+        since=since,
+        until=until,
+        before_id=before_id,
+        first=first,
+        scope=context.scope(),
+    )
     return HistoryPage(events=page.items, has_more=page.has_more)
 
 
@@ -66,8 +65,7 @@ async def cluster_availability(
         raise InvalidArgument("window", str(error)) from None
     now = now or datetime.now(UTC)
     start = now - length
-    async with context.reading() as session:
-        initial, changes = await log.status_history(session, cluster_id, since=start)
+    initial, changes = await context.read(log.status_history, cluster_id, since=start)
     return availability(
         initial=initial,
         transitions=[Transition(at=at, status=status) for at, status in changes],
@@ -82,8 +80,7 @@ async def cluster_is_flapping(
     """More status changes in the last hour than cluster_manager.flapping_threshold."""
     now = now or datetime.now(UTC)
     window = timedelta(hours=1)
-    async with context.reading() as session:
-        _, changes = await log.status_history(session, cluster_id, since=now - window)
+    _, changes = await context.read(log.status_history, cluster_id, since=now - window)
     threshold = context.services.settings.cluster_manager.flapping_threshold
     return is_flapping(
         [Transition(at=at, status=status) for at, status in changes],
