@@ -6,7 +6,21 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fleetql.db.clusters import (
+    ClusterFilter,
+    ClusterRecord,
+    Keyset,
+    OrderField,
+    Ordering,
+    cluster_labels,
+    get_cluster,
+    get_clusters,
+    list_clusters,
+)
+from fleetql.db.models import ClusterStatus
+from fleetql.labels import parse_label_selector
 from tests.conftest import GraphQLClient, asyncpg_dsn
 from tests.kubeconfigs import KubeconfigFactory
 
@@ -447,3 +461,52 @@ async def test_last_page_has_no_next_page_and_empty_page_no_cursor(
         "items": [],
         "pageInfo": {"endCursor": None, "hasNextPage": False},
     }
+
+
+async def test_statements_built_once_bind_each_calls_own_values(
+    fleet: GraphQLClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """db/clusters.py keeps one statement per shape of filter: the same shape with other
+    values (and other scopes) must never answer with an earlier call's values."""
+    by_name = Ordering(OrderField.NAME)
+
+    async def listed(reader: AsyncSession, where: ClusterFilter, **options: Any) -> list[str]:
+        given: dict[str, Any] = {"ordering": by_name, "offset": 0, "limit": 20} | options
+        _, records = await list_clusters(reader, where, **given)
+        return [record.name for record in records]
+
+    prod, sh = {"env": "prod"}, {"region": "sh"}
+    prods = ["edge-7", "prod-bj", "prod-sh"]
+    async with sessions() as session:
+        assert await listed(session, ClusterFilter(labels=prod)) == prods
+        assert await listed(session, ClusterFilter(labels=sh)) == ["prod-sh", "staging"]
+        assert await listed(session, ClusterFilter(search="prod")) == prods
+        assert await listed(session, ClusterFilter(search="stag")) == ["staging"]
+        healthy = ClusterFilter(statuses=[ClusterStatus.HEALTHY])
+        unknown = ClusterFilter(statuses=[ClusterStatus.UNKNOWN])
+        assert await listed(session, healthy) == ["prod-sh"]
+        assert await listed(session, unknown) == ["dev-1"]
+        assert await listed(session, ClusterFilter(), limit=1) == ["dev-1"]
+        assert await listed(session, ClusterFilter(), offset=1, limit=2) == ["edge-7", "prod-bj"]
+        everyone = {name: record for name, record in await _records(session)}
+        after_bj = Keyset(key="prod-bj", id=everyone["prod-bj"].id)
+        after_sh = Keyset(key="prod-sh", id=everyone["prod-sh"].id)
+        assert await listed(session, ClusterFilter(), after=after_bj) == ["prod-sh", "staging"]
+        assert await listed(session, ClusterFilter(), after=after_sh) == ["staging"]
+
+        in_sh = (parse_label_selector("region=sh"),)
+        in_bj = (parse_label_selector("region=bj"),)
+        sh_id, bj_id = everyone["prod-sh"].id, everyone["prod-bj"].id
+        assert (await get_cluster(session, sh_id, scope=in_sh)) == everyone["prod-sh"]
+        assert await get_cluster(session, sh_id, scope=in_bj) is None
+        assert (await get_cluster(session, bj_id, scope=in_bj)) == everyone["prod-bj"]
+        assert set(await get_clusters(session, [sh_id])) == {sh_id}
+        assert set(await get_clusters(session, [sh_id, bj_id])) == {sh_id, bj_id}
+        assert await cluster_labels(session, [bj_id]) == {bj_id: FLEET[1]["labels"]}
+
+
+async def _records(session: AsyncSession) -> list[tuple[str, ClusterRecord]]:
+    _, records = await list_clusters(
+        session, ClusterFilter(), ordering=Ordering(OrderField.NAME), offset=0, limit=20
+    )
+    return [(record.name, record) for record in records]

@@ -11,13 +11,17 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fleetql.access import Role
 from fleetql.auth import AuthenticationError, Authenticator
+from fleetql.auth.api_tokens import hash_secret, new_secret
 from fleetql.config import AuthSettings, ConfigError, Settings, load_settings
+from fleetql.db import tokens
 from fleetql.db.engine import create_engine, create_session_factory
 from tests.authkit import AUDIENCE, ISSUER, ROLES, Issuer, jwt_settings
+from tests.conftest import GraphQLClient
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +268,51 @@ def test_role_bindings_come_from_the_environment_as_json() -> None:
     )
     assert settings.auth.roles["ops"].scope == "env=prod"
     assert settings.auth.algorithms == ("RS256", "ES256")
+
+
+async def test_an_api_token_costs_one_statement_outside_a_transaction_until_its_use_is_stale(
+    settings: Settings,
+    issuer: Issuer,
+    api: GraphQLClient,  # a migrated database
+    unused_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    secret = new_secret()
+    async with unused_sessions() as session:
+        stored = await tokens.insert_token(
+            session,
+            name=f"robot-{secret[-8:]}",
+            role="viewer",
+            scope=None,
+            secret_hash=hash_secret(secret),
+            created_by=None,
+            expires_at=None,
+        )
+        await session.commit()
+    engine = unused_sessions.kw["bind"]
+    assert isinstance(engine, AsyncEngine)
+    # (first word of each statement, whether the connection was outside a transaction)
+    statements: list[tuple[str, bool]] = []
+
+    def record(connection: object, cursor: object, statement: str, *args: object) -> None:
+        dbapi = connection.connection.dbapi_connection  # type: ignore[attr-defined]
+        statements.append((statement.split()[0].upper(), bool(dbapi.autocommit)))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        authenticator = Authenticator(jwt_settings(settings, issuer).auth, unused_sessions)
+        principal = await authenticator.authenticate(f"Bearer {secret}")
+        assert principal.token_id == stored.id and principal.role is Role.VIEWER
+        # The first use is recorded, each statement committing itself.
+        assert statements == [("SELECT", True), ("UPDATE", True)]
+        statements.clear()
+        async with unused_sessions() as session:
+            (listed,) = [t for t in await tokens.list_tokens(session) if t.id == stored.id]
+        assert listed.last_used_at is not None
+        # The pooled connection went back in its default mode: other sessions get transactions.
+        assert statements == [("SELECT", False)]
+        statements.clear()
+        # Used again within the minute: one read, no write, no BEGIN and no ROLLBACK.
+        await authenticator.authenticate(f"Bearer {secret}")
+        assert statements == [("SELECT", True)]
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)

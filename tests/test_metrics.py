@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,10 +16,13 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetql.app import create_app
 from fleetql.config import EventsSettings, MetricsSettings, PollerSettings, Settings, load_settings
 from fleetql.crypto import EncryptionKey
+from fleetql.db.fleet import FleetFigures, fleet_figures
+from fleetql.db.models import ClusterStatus
 from fleetql.events.backends import create_backend
 from fleetql.events.bus import EventBus
 from fleetql.metrics.instruments import EventMetrics, Metrics, OperationNames
@@ -180,6 +184,39 @@ async def test_metrics_report_a_hand_counted_fleet_from_the_database(
 
     # No credential ever: neither the kubeconfigs' token nor any certificate or key data.
     assert TOKEN not in text and "BEGIN" not in text and "-data" not in text
+
+
+async def test_the_figures_by_status_from_fleet_totals_agree_with_a_count_of_every_cluster(
+    api: GraphQLClient,
+    kubeconfigs: KubeconfigFactory,
+    sessions: async_sessionmaker[AsyncSession],
+    database_url: str,
+) -> None:
+    async def both() -> tuple[FleetFigures, FleetFigures]:
+        async with sessions() as session:
+            counted = await fleet_figures(session, per_cluster=True)
+            kept = await fleet_figures(session, per_cluster=False)
+        return replace(counted, clusters=[]), kept
+
+    async with sessions() as session:
+        assert await fleet_figures(session, per_cluster=False) == FleetFigures(
+            by_status={status.value: 0 for status in ClusterStatus}
+        )
+    seeded = await seed_fleet(api, kubeconfigs, database_url)
+    counted, kept = await both()
+    assert kept.by_status["HEALTHY"] == 2 and kept.nodes == 10 and kept.due == 1
+    assert kept == replace(counted, oldest_due_seconds=kept.oldest_due_seconds)
+    assert kept.oldest_due_seconds == pytest.approx(counted.oldest_due_seconds, abs=5)
+
+    # b (DEGRADED, 5 nodes, the one due) is removed: it leaves the totals and the backlog.
+    removed = await api.data(
+        "mutation($id: ID!) { removeCluster(id: $id) { userErrors { code } } }",
+        {"id": seeded["b"][0]},
+    )
+    assert removed["removeCluster"]["userErrors"] == []
+    counted, kept = await both()
+    assert kept.by_status["DEGRADED"] == 0 and kept.nodes == 5 and kept.due == 0
+    assert kept == counted
 
 
 async def test_operations_are_counted_by_type_and_name_and_errors_by_kind(

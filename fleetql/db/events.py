@@ -11,6 +11,7 @@ The lock is held for the insert and the commit only, and only by transactions th
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,25 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Insert, Select, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Insert,
+    Integer,
+    Select,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.clusters import scope_condition
+from fleetql.db.clusters import ScopeKey, scope_condition, scope_key
 from fleetql.db.models import Cluster, ClusterEventRecord, EventRelayPosition, EventType
+from fleetql.db.reads import Reader, connection_of
 from fleetql.labels import Requirement
 
 __all__ = [
@@ -136,23 +151,28 @@ async def log_events(session: AsyncSession, events: Sequence[NewEvent]) -> None:
 
 
 # Columns rather than ORM objects: a replay reads up to 10,000 events, and building an ORM
-# instance per row cost more than the statement.
+# instance per row cost more than the statement. The reads are Core statements on the table,
+# built once (per shape, for lists) with their values bound at execution: building a statement
+# per call cost more CPU than running it.
+_log = cast(Table, ClusterEventRecord.__table__)
+_E = _log.c
 _EVENT_COLUMNS = (
-    ClusterEventRecord.id,
-    ClusterEventRecord.cluster_id,
-    ClusterEventRecord.type,
-    ClusterEventRecord.previous_status,
-    ClusterEventRecord.status,
-    ClusterEventRecord.changes,
-    ClusterEventRecord.message,
-    ClusterEventRecord.actor,
-    ClusterEventRecord.at,
+    _E.id,
+    _E.cluster_id,
+    _E.type,
+    _E.previous_status,
+    _E.status,
+    _E.changes,
+    _E.message,
+    _E.actor,
+    _E.at,
 )
-
-
-def _events() -> Select[*tuple[Any, ...]]:
-    query: Select[*tuple[Any, ...]] = select(*_EVENT_COLUMNS)
-    return query
+_EVENTS: Select[*tuple[Any, ...]] = select(*_EVENT_COLUMNS)
+_LIMIT = bindparam("limit", type_=Integer())
+_PUBLISHABLE = (
+    _EVENTS.where(_E.id > bindparam("after", type_=_E.id.type)).order_by(_E.id).limit(_LIMIT)
+)
+_EVENTS_BY_ID = _EVENTS.where(_E.id == any_(bindparam("ids", type_=ARRAY(_E.id.type))))
 
 
 def _to_event(row: Any) -> LoggedEvent:
@@ -170,20 +190,18 @@ def _to_event(row: Any) -> LoggedEvent:
     )
 
 
-async def publishable_events(
-    session: AsyncSession, *, after: int, limit: int = 500
-) -> list[LoggedEvent]:
+async def publishable_events(reader: Reader, *, after: int, limit: int = 500) -> list[LoggedEvent]:
     """Events after ``after``, oldest first: no event with a smaller id can commit later."""
-    query = (
-        _events().where(ClusterEventRecord.id > after).order_by(ClusterEventRecord.id).limit(limit)
-    )
-    return [_to_event(row) for row in (await session.execute(query)).all()]
+    connection = await connection_of(reader)
+    rows = await connection.execute(_PUBLISHABLE, {"after": after, "limit": limit})
+    return [_to_event(row) for row in rows.all()]
 
 
-async def events_by_id(session: AsyncSession, ids: Sequence[int]) -> dict[int, LoggedEvent]:
+async def events_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, LoggedEvent]:
     if not ids:
         return {}
-    rows = await session.execute(_events().where(ClusterEventRecord.id.in_(ids)))
+    connection = await connection_of(reader)
+    rows = await connection.execute(_EVENTS_BY_ID, {"ids": list(ids)})
     return {event.id: event for event in map(_to_event, rows.all())}
 
 
@@ -194,7 +212,7 @@ class EventPage:
 
 
 async def list_events(
-    session: AsyncSession,
+    reader: Reader,
     *,
     cluster_ids: Sequence[uuid.UUID] = (),
     types: Sequence[EventType] = (),
@@ -206,28 +224,68 @@ async def list_events(
 ) -> EventPage:
     """Newest first; ``before_id`` continues after the last event of the previous page.
     With ``scope``, only events of clusters (removed ones too) within it."""
-    query = _events().order_by(ClusterEventRecord.id.desc()).limit(first + 1)
-    if scope is not None:
-        query = query.join(Cluster, Cluster.id == ClusterEventRecord.cluster_id).where(
-            scope_condition(scope)
-        )
+    query = _events_page(
+        None if scope is None else scope_key(scope),
+        cluster_ids=bool(cluster_ids),
+        types=bool(types),
+        since=since is not None,
+        until=until is not None,
+        before_id=before_id is not None,
+    )
+    params: dict[str, Any] = {"limit": first + 1}
     if cluster_ids:
-        query = query.where(ClusterEventRecord.cluster_id.in_(cluster_ids))
+        params["cluster_ids"] = list(cluster_ids)
     if types:
-        query = query.where(ClusterEventRecord.type.in_([t.value for t in types]))
+        params["types"] = [t.value for t in types]
     if since is not None:
-        query = query.where(ClusterEventRecord.at >= since)
+        params["since"] = since
     if until is not None:
-        query = query.where(ClusterEventRecord.at < until)
+        params["until"] = until
     if before_id is not None:
-        query = query.where(ClusterEventRecord.id < before_id)
-    rows = (await session.execute(query)).all()
+        params["before_id"] = before_id
+    connection = await connection_of(reader)
+    rows = (await connection.execute(query, params)).all()
     return EventPage(items=[_to_event(row) for row in rows[:first]], has_more=len(rows) > first)
 
 
-async def latest_event_id(session: AsyncSession) -> int:
+@functools.lru_cache(maxsize=256)
+def _events_page(
+    scope: ScopeKey | None,
+    *,
+    cluster_ids: bool,
+    types: bool,
+    since: bool,
+    until: bool,
+    before_id: bool,
+) -> Select[*tuple[Any, ...]]:
+    """A page of ``list_events`` with the conditions it has, built once per combination (and
+    scope: the scope's selectors are part of the statement); the values are bound."""
+    query = _EVENTS.order_by(_E.id.desc()).limit(_LIMIT)
+    if scope is not None:
+        clusters = cast(Table, Cluster.__table__)
+        query = query.join(clusters, clusters.c.id == _E.cluster_id).where(scope_condition(scope))
+    if cluster_ids:
+        query = query.where(
+            _E.cluster_id == any_(bindparam("cluster_ids", type_=ARRAY(_E.cluster_id.type)))
+        )
+    if types:
+        query = query.where(_E.type == any_(bindparam("types", type_=ARRAY(_E.type.type))))
+    if since:
+        query = query.where(_E.at >= bindparam("since", type_=_E.at.type))
+    if until:
+        query = query.where(_E.at < bindparam("until", type_=_E.at.type))
+    if before_id:
+        query = query.where(_E.id < bindparam("before_id", type_=_E.id.type))
+    return query
+
+
+_LATEST_EVENT_ID = select(func.coalesce(func.max(_E.id), 0))
+
+
+async def latest_event_id(reader: Reader) -> int:
     """The newest committed event's id (0 for an empty log)."""
-    return int(await session.scalar(select(func.coalesce(func.max(ClusterEventRecord.id), 0))) or 0)
+    connection = await connection_of(reader)
+    return int(await connection.scalar(_LATEST_EVENT_ID) or 0)
 
 
 async def relay_position(session: AsyncSession) -> tuple[int, int]:
@@ -276,24 +334,26 @@ async def prune_events(session: AsyncSession, *, older_than: datetime, batch: in
 _STATUS_TYPES = (EventType.IMPORTED.value, EventType.STATUS_CHANGED.value)
 
 
+_STATUS_CHANGES = select(_E.at, _E.status).where(
+    _E.cluster_id == bindparam("cluster_id", type_=_E.cluster_id.type),
+    _E.type == any_(bindparam("types", type_=ARRAY(_E.type.type))),
+    _E.status.is_not(None),
+)
+_SINCE = bindparam("since", type_=_E.at.type)
+_STATUS_BEFORE = _STATUS_CHANGES.where(_E.at < _SINCE).order_by(_E.id.desc()).limit(1)
+_STATUSES_SINCE = _STATUS_CHANGES.where(_E.at >= _SINCE).order_by(_E.id)
+
+
 async def status_history(
-    session: AsyncSession, cluster_id: uuid.UUID, *, since: datetime
+    reader: Reader, cluster_id: uuid.UUID, *, since: datetime
 ) -> tuple[str | None, list[tuple[datetime, str]]]:
     """The status in force at ``since`` (None if the log has nothing earlier) and every status
     transition after it, oldest first (an import counts as the transition to UNKNOWN)."""
-    base = select(ClusterEventRecord.at, ClusterEventRecord.status).where(
-        ClusterEventRecord.cluster_id == cluster_id,
-        ClusterEventRecord.type.in_(_STATUS_TYPES),
-        ClusterEventRecord.status.is_not(None),
-    )
-    before = await session.execute(
-        base.where(ClusterEventRecord.at < since).order_by(ClusterEventRecord.id.desc()).limit(1)
-    )
-    initial = before.first()
-    rows = await session.execute(
-        base.where(ClusterEventRecord.at >= since).order_by(ClusterEventRecord.id)
-    )
+    connection = await connection_of(reader)
+    params = {"cluster_id": cluster_id, "types": list(_STATUS_TYPES), "since": since}
+    initial = (await connection.execute(_STATUS_BEFORE, params)).first()
+    rows = await connection.execute(_STATUSES_SINCE, params)
     return (
         None if initial is None else str(initial.status),
-        [(row.at, str(row.status)) for row in rows.all()],
+        [(at, str(status)) for at, status in rows.all()],
     )

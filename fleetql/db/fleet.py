@@ -11,11 +11,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy import Table, and_, case, exists, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetql.db.models import Cluster, ClusterCredential, ClusterState, ClusterStatus
+from fleetql.db.models import Cluster, ClusterCredential, ClusterState, ClusterStatus, FleetTotal
 
 __all__ = ["ClusterFigures", "FleetFigures", "fleet_figures"]
 
@@ -49,51 +50,93 @@ class FleetFigures:
     clusters: list[ClusterFigures] = field(default_factory=list)
 
 
-def _due() -> ColumnElement[bool]:
-    """Due as ``claim_due_clusters`` sees it: its time has come and nobody holds a claim."""
-    return and_(
-        ClusterState.next_check_at <= func.now(),
-        or_(ClusterState.claimed_until.is_(None), ClusterState.claimed_until <= func.now()),
-        exists().where(ClusterCredential.cluster_id == ClusterState.cluster_id),
+# Core statements on the tables, built once: a scrape's rows need no ORM handling.
+_clusters = cast(Table, Cluster.__table__)
+_states = cast(Table, ClusterState.__table__)
+_credentials = cast(Table, ClusterCredential.__table__)
+_totals = cast(Table, FleetTotal.__table__)
+_C = _clusters.c
+_S = _states.c
+_T = _totals.c
+
+# Due as ``claim_due_clusters`` sees it: its time has come and nobody holds a claim.
+_DUE = and_(
+    _S.next_check_at <= func.now(),
+    or_(_S.claimed_until.is_(None), _S.claimed_until <= func.now()),
+    exists().where(_credentials.c.cluster_id == _S.cluster_id),
+)
+_OVERDUE = func.extract("epoch", func.now() - _S.next_check_at)
+
+_PER_CLUSTER = (
+    select(
+        _C.id,
+        _C.name,
+        _S.status,
+        _S.node_count,
+        _S.ready_node_count,
+        _S.cpu_allocatable_cores,
+        _S.memory_allocatable_bytes,
+        _C.credential_expires_at,
+        # Seconds past its check time, for a due cluster; null otherwise.
+        case((_DUE, _OVERDUE), else_=None).label("overdue"),
     )
+    .join_from(_clusters, _states, _S.cluster_id == _C.id)
+    .where(_C.deleted_at.is_(None))
+    .order_by(_C.name)
+)
 
-
-_OVERDUE = func.extract("epoch", func.now() - ClusterState.next_check_at)
+# The totals by status come from ``fleet_totals``, which triggers keep exact in every writing
+# transaction (alembic/versions/0006_fleet_totals.py), instead of a scan of every live cluster;
+# the due clusters are a range of the next_check_at index. One statement, one snapshot, and at
+# least one row (the due figures) even for an empty fleet.
+_TOTALS_BY_STATUS = (
+    select(
+        _T.status,
+        func.sum(_T.clusters).label("clusters"),
+        func.sum(_T.nodes).label("nodes"),
+        func.sum(_T.ready_nodes).label("ready_nodes"),
+        func.sum(_T.cpu_allocatable_cores).label("cpu"),
+        func.sum(_T.memory_allocatable_bytes).label("memory"),
+    )
+    .group_by(_T.status)
+    # A status whose clusters all moved elsewhere keeps its (zero) rows.
+    .having(func.sum(_T.clusters) != 0)
+    .subquery("by_status")
+)
+_DUE_NOW = (
+    select(func.count().label("due"), func.max(_OVERDUE).label("overdue"))
+    .select_from(_states.join(_clusters, _C.id == _S.cluster_id))
+    .where(_C.deleted_at.is_(None), _DUE)
+    .subquery("due_now")
+)
+_BY_STATUS = select(
+    _DUE_NOW.c.due,
+    _DUE_NOW.c.overdue,
+    _TOTALS_BY_STATUS.c.status,
+    _TOTALS_BY_STATUS.c.clusters,
+    _TOTALS_BY_STATUS.c.nodes,
+    _TOTALS_BY_STATUS.c.ready_nodes,
+    _TOTALS_BY_STATUS.c.cpu,
+    _TOTALS_BY_STATUS.c.memory,
+).select_from(_DUE_NOW.outerjoin(_TOTALS_BY_STATUS, true()))
 
 
 async def fleet_figures(session: AsyncSession, *, per_cluster: bool) -> FleetFigures:
-    """One statement: per cluster when ``per_cluster`` (totals are summed here), else grouped
-    by status in PostgreSQL."""
+    """One statement: per cluster when ``per_cluster`` (totals are summed here), else the
+    totals kept by status in ``fleet_totals``."""
     if per_cluster:
         return await _per_cluster(session)
     return await _by_status(session)
 
 
 async def _per_cluster(session: AsyncSession) -> FleetFigures:
-    query = (
-        select(
-            Cluster.id,
-            Cluster.name,
-            ClusterState.status,
-            ClusterState.node_count,
-            ClusterState.ready_node_count,
-            ClusterState.cpu_allocatable_cores,
-            ClusterState.memory_allocatable_bytes,
-            Cluster.credential_expires_at,
-            # Seconds past its check time, for a due cluster; null otherwise.
-            case((_due(), _OVERDUE), else_=None).label("overdue"),
-        )
-        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
-        .where(Cluster.deleted_at.is_(None))
-        .order_by(Cluster.name)
-    )
     # Core rows, not ORM ones: at 10,000 clusters the ORM's result handling costs 3 times the
     # query itself.
     connection = await session.connection()
     clusters: list[ClusterFigures] = []
     by_status = {status.value: 0 for status in ClusterStatus}
     due, oldest = 0, 0.0
-    for row in await connection.execute(query):
+    for row in await connection.execute(_PER_CLUSTER):
         *figures, overdue = row
         cluster = ClusterFigures(*figures)
         clusters.append(cluster)
@@ -116,34 +159,20 @@ async def _per_cluster(session: AsyncSession) -> FleetFigures:
 
 
 async def _by_status(session: AsyncSession) -> FleetFigures:
-    due = _due()
-    query = (
-        select(
-            ClusterState.status,
-            func.count().label("clusters"),
-            func.coalesce(func.sum(ClusterState.node_count), 0).label("nodes"),
-            func.coalesce(func.sum(ClusterState.ready_node_count), 0).label("ready_nodes"),
-            func.coalesce(func.sum(ClusterState.cpu_allocatable_cores), 0).label("cpu"),
-            func.coalesce(func.sum(ClusterState.memory_allocatable_bytes), 0).label("memory"),
-            func.count().filter(due).label("due"),
-            func.max(_OVERDUE).filter(due).label("overdue"),
-        )
-        .select_from(Cluster)
-        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
-        .where(Cluster.deleted_at.is_(None))
-        .group_by(ClusterState.status)
-    )
-    rows = (await session.execute(query)).all()
+    connection = await session.connection()
+    rows = (await connection.execute(_BY_STATUS)).all()
     by_status = {status.value: 0 for status in ClusterStatus}
-    for row in rows:
-        by_status[row.status] = row.clusters
+    groups = [row for row in rows if row.status is not None]
+    for row in groups:
+        by_status[row.status] = int(row.clusters)
+    due, overdue = rows[0].due, rows[0].overdue
     return FleetFigures(
         by_status=by_status,
-        nodes=sum(int(row.nodes) for row in rows),
-        ready_nodes=sum(int(row.ready_nodes) for row in rows),
-        cpu_allocatable_cores=sum((Decimal(row.cpu) for row in rows), Decimal(0)),
-        memory_allocatable_bytes=sum(int(row.memory) for row in rows),
-        due=sum(row.due for row in rows),
-        oldest_due_seconds=max((float(row.overdue) for row in rows if row.overdue), default=0.0),
+        nodes=sum(int(row.nodes) for row in groups),
+        ready_nodes=sum(int(row.ready_nodes) for row in groups),
+        cpu_allocatable_cores=sum((Decimal(row.cpu) for row in groups), Decimal(0)),
+        memory_allocatable_bytes=sum(int(row.memory) for row in groups),
+        due=int(due),
+        oldest_due_seconds=float(overdue) if overdue else 0.0,
         clusters=[],
     )

@@ -9,22 +9,37 @@ totals, the per-status counts and the per-version counts in a single scan.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, cast
 
-from sqlalchemy import and_, func, literal_column, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, Table, and_, bindparam, func, literal_column, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetql.db.clusters import ClusterFilter, counts_from_totals, filter_conditions
+from fleetql.db.clusters import (
+    ClusterFilter,
+    FilterShape,
+    counts_from_totals,
+    filter_params,
+    shape_conditions,
+)
 from fleetql.db.models import Cluster, ClusterState
+from fleetql.db.reads import Reader, connection_of
 from fleetql.db.totals import TotalsGroup, fleet_totals_query
 
 __all__ = ["FleetSummary", "aggregate_fleet_summary", "fleet_summary"]
 
+# Core statements on the tables: rows that are summed here need no ORM handling.
+_clusters = cast(Table, Cluster.__table__)
+_states = cast(Table, ClusterState.__table__)
+_C = _clusters.c
+_S = _states.c
+
 # "v1.28.7" and "v1.29.0-eks-1234" → "v1.28" / "v1.29"; null stays null (never checked).
 # (A literal pattern, not a bound parameter: GROUP BY and GROUPING must see the same expression.)
-_MINOR = func.substring(ClusterState.kubernetes_version, literal_column("'^v?[0-9]+[.][0-9]+'"))
+_MINOR = func.substring(_S.kubernetes_version, literal_column("'^v?[0-9]+[.][0-9]+'"))
 
 
 @dataclass(frozen=True)
@@ -42,23 +57,65 @@ class FleetSummary:
 
 
 async def fleet_summary(
-    session: AsyncSession, where: ClusterFilter, *, expiring_before: datetime
+    reader: Reader, where: ClusterFilter, *, expiring_before: datetime
 ) -> FleetSummary:
     """The header of the live clusters matching ``where``."""
+    connection = await connection_of(reader)
     if counts_from_totals(where) and not where.statuses:
-        return await _summary_from_totals(session, expiring_before=expiring_before)
-    return await aggregate_fleet_summary(session, where, expiring_before=expiring_before)
+        return await _summary_from_totals(connection, expiring_before=expiring_before)
+    return await aggregate_fleet_summary(connection, where, expiring_before=expiring_before)
 
 
-async def _summary_from_totals(session: AsyncSession, *, expiring_before: datetime) -> FleetSummary:
-    # The expiring count rides along as a column: one statement, one snapshot.
-    expiring = (
-        select(func.count())
-        .where(Cluster.deleted_at.is_(None), Cluster.credential_expires_at < expiring_before)
-        .scalar_subquery()
+@functools.lru_cache(maxsize=256)
+def _aggregate_statement(shape: FilterShape) -> Select[*tuple[Any, ...]]:
+    """The aggregate of the clusters matching a filter of ``shape``, built once per shape;
+    executed with the filter's values and ``expiring_before``."""
+    status_group = func.grouping(_S.status)
+    minor_group = func.grouping(_MINOR)
+    expiring_before = bindparam("expiring_before", type_=_C.credential_expires_at.type)
+    query: Select[*tuple[Any, ...]] = (
+        select(
+            status_group.label("g_status"),
+            minor_group.label("g_minor"),
+            _S.status,
+            _MINOR.label("minor"),
+            func.count().label("clusters"),
+            func.coalesce(func.sum(_S.node_count), 0).label("nodes"),
+            func.coalesce(func.sum(_S.ready_node_count), 0).label("ready_nodes"),
+            func.coalesce(func.sum(_S.cpu_capacity_cores), 0).label("cpu_capacity"),
+            func.coalesce(func.sum(_S.cpu_allocatable_cores), 0).label("cpu_alloc"),
+            func.coalesce(func.sum(_S.memory_capacity_bytes), 0).label("mem_capacity"),
+            func.coalesce(func.sum(_S.memory_allocatable_bytes), 0).label("mem_alloc"),
+            func.count().filter(_C.credential_expires_at < expiring_before).label("expiring"),
+        )
+        .select_from(_clusters)
+        .join(_states, _S.cluster_id == _C.id)
+        .where(and_(_C.deleted_at.is_(None), *shape_conditions(shape)))
+        .group_by(func.grouping_sets(tuple_(), tuple_(_S.status), tuple_(_MINOR)))
     )
-    query = fleet_totals_query().add_columns(expiring.label("expiring"))
-    rows = (await session.execute(query)).all()
+    return query
+
+
+# The fleet's totals with the credentials expiring before ``expiring_before`` as a column: one
+# statement, one snapshot.
+_SUMMARY_FROM_TOTALS = fleet_totals_query().add_columns(
+    select(func.count())
+    .select_from(_clusters)
+    .where(
+        _C.deleted_at.is_(None),
+        _C.credential_expires_at
+        < bindparam("expiring_before", type_=_C.credential_expires_at.type),
+    )
+    .scalar_subquery()
+    .label("expiring")
+)
+
+
+async def _summary_from_totals(
+    connection: AsyncConnection, *, expiring_before: datetime
+) -> FleetSummary:
+    result = await connection.execute(_SUMMARY_FROM_TOTALS, {"expiring_before": expiring_before})
+    rows = result.all()
     if not rows:
         return FleetSummary()
     groups = [TotalsGroup.from_row(row) for row in rows]
@@ -82,33 +139,13 @@ async def _summary_from_totals(session: AsyncSession, *, expiring_before: dateti
 
 
 async def aggregate_fleet_summary(
-    session: AsyncSession, where: ClusterFilter, *, expiring_before: datetime
+    reader: Reader, where: ClusterFilter, *, expiring_before: datetime
 ) -> FleetSummary:
     """The header computed from the clusters themselves, in one statement: what a filtered or
     scoped header runs, and what ``fleet_totals`` must always agree with."""
-    status_group = func.grouping(ClusterState.status)
-    minor_group = func.grouping(_MINOR)
-    query = (
-        select(
-            status_group.label("g_status"),
-            minor_group.label("g_minor"),
-            ClusterState.status,
-            _MINOR.label("minor"),
-            func.count().label("clusters"),
-            func.coalesce(func.sum(ClusterState.node_count), 0).label("nodes"),
-            func.coalesce(func.sum(ClusterState.ready_node_count), 0).label("ready_nodes"),
-            func.coalesce(func.sum(ClusterState.cpu_capacity_cores), 0).label("cpu_capacity"),
-            func.coalesce(func.sum(ClusterState.cpu_allocatable_cores), 0).label("cpu_alloc"),
-            func.coalesce(func.sum(ClusterState.memory_capacity_bytes), 0).label("mem_capacity"),
-            func.coalesce(func.sum(ClusterState.memory_allocatable_bytes), 0).label("mem_alloc"),
-            func.count().filter(Cluster.credential_expires_at < expiring_before).label("expiring"),
-        )
-        .select_from(Cluster)
-        .join(ClusterState, ClusterState.cluster_id == Cluster.id)
-        .where(and_(Cluster.deleted_at.is_(None), *filter_conditions(where)))
-        .group_by(func.grouping_sets(tuple_(), tuple_(ClusterState.status), tuple_(_MINOR)))
-    )
-    rows = (await session.execute(query)).all()
+    connection = await connection_of(reader)
+    params = {**filter_params(where), "expiring_before": expiring_before}
+    rows = (await connection.execute(_aggregate_statement(FilterShape.of(where)), params)).all()
     by_status: dict[str, int] = {}
     by_minor: dict[str | None, int] = {}
     totals = None

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetql.db.models import ApiTokenRecord
+from fleetql.db.reads import Reader, connection_of
 
 __all__ = [
     "ApiToken",
@@ -78,34 +80,52 @@ async def insert_token(
     return _to_token(record)
 
 
-async def find_token(session: AsyncSession, secret_hash: bytes) -> ApiToken | None:
+# Every request with an API token reads its token: one Core statement, built once.
+_tokens = cast(Table, ApiTokenRecord.__table__)
+_K = _tokens.c
+_TOKENS = select(
+    _K.id,
+    _K.name,
+    _K.role,
+    _K.scope,
+    _K.created_by,
+    _K.created_at,
+    _K.expires_at,
+    _K.last_used_at,
+    _K.revoked_at,
+)
+if [column.key for column in _TOKENS.selected_columns] != [spec.name for spec in fields(ApiToken)]:
+    raise AssertionError("_TOKENS must select ApiToken's fields in order")
+_FIND_TOKEN = _TOKENS.where(_K.secret_hash == bindparam("secret_hash", type_=_K.secret_hash.type))
+_LIST_TOKENS = _TOKENS.order_by(_K.created_at.desc(), _K.id)
+_NOW = bindparam("now", type_=_K.last_used_at.type)
+_TOUCH_TOKEN = (
+    update(_tokens)
+    .where(
+        _K.id == bindparam("token_id", type_=_K.id.type),
+        or_(_K.last_used_at.is_(None), _K.last_used_at < _NOW - LAST_USE_RESOLUTION),
+    )
+    .values(last_used_at=_NOW)
+)
+
+
+async def find_token(reader: Reader, secret_hash: bytes) -> ApiToken | None:
     """The token with this hash, revoked or not (the caller decides and says why)."""
-    row = await session.scalar(
-        select(ApiTokenRecord).where(ApiTokenRecord.secret_hash == secret_hash)
-    )
-    return None if row is None else _to_token(row)
+    connection = await connection_of(reader)
+    row = (await connection.execute(_FIND_TOKEN, {"secret_hash": secret_hash})).first()
+    return None if row is None else ApiToken(*row)
 
 
-async def touch_token(session: AsyncSession, token_id: uuid.UUID, now: datetime) -> None:
-    """Record a use, unless one was recorded within LAST_USE_RESOLUTION."""
-    await session.execute(
-        update(ApiTokenRecord)
-        .where(
-            ApiTokenRecord.id == token_id,
-            or_(
-                ApiTokenRecord.last_used_at.is_(None),
-                ApiTokenRecord.last_used_at < now - LAST_USE_RESOLUTION,
-            ),
-        )
-        .values(last_used_at=now)
-    )
+async def touch_token(executor: Reader, token_id: uuid.UUID, now: datetime) -> None:
+    """Record a use, unless one was recorded within LAST_USE_RESOLUTION (one statement, which
+    commits itself on an AUTOCOMMIT connection; otherwise the caller commits)."""
+    connection = await connection_of(executor)
+    await connection.execute(_TOUCH_TOKEN, {"token_id": token_id, "now": now})
 
 
-async def list_tokens(session: AsyncSession) -> list[ApiToken]:
-    rows = await session.scalars(
-        select(ApiTokenRecord).order_by(ApiTokenRecord.created_at.desc(), ApiTokenRecord.id)
-    )
-    return [_to_token(row) for row in rows.all()]
+async def list_tokens(reader: Reader) -> list[ApiToken]:
+    connection = await connection_of(reader)
+    return [ApiToken(*row) for row in (await connection.execute(_LIST_TOKENS)).all()]
 
 
 async def revoke_token(session: AsyncSession, token_id: uuid.UUID) -> ApiToken | None:

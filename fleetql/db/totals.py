@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, Table, Text, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from fleetql.db.models import FleetTotal
+from fleetql.db.reads import Reader, connection_of
 
 __all__ = ["TotalsGroup", "count_live_clusters", "fleet_totals_query", "read_fleet_totals"]
 
@@ -50,37 +51,49 @@ class TotalsGroup:
         )
 
 
+# Table columns: these are Core statements, whose rows need no ORM handling.
+_T = cast(Table, FleetTotal.__table__).c
+_FLEET_TOTALS: Select[*tuple[Any, ...]] = (
+    select(
+        _T.status,
+        _T.minor,
+        func.sum(_T.clusters).label("clusters"),
+        func.sum(_T.nodes).label("nodes"),
+        func.sum(_T.ready_nodes).label("ready_nodes"),
+        func.sum(_T.cpu_capacity_cores).label("cpu_capacity_cores"),
+        func.sum(_T.cpu_allocatable_cores).label("cpu_allocatable_cores"),
+        func.sum(_T.memory_capacity_bytes).label("memory_capacity_bytes"),
+        func.sum(_T.memory_allocatable_bytes).label("memory_allocatable_bytes"),
+    )
+    .group_by(_T.status, _T.minor)
+    # Groups whose clusters all moved elsewhere keep their (zero) rows.
+    .having(func.sum(_T.clusters) != 0)
+)
+# Built once: SQLAlchemy then reuses the compiled form and its result columns as they are.
+_LIVE_CLUSTERS = select(func.coalesce(func.sum(_T.clusters), 0))
+_LIVE_CLUSTERS_BY_STATUS = _LIVE_CLUSTERS.where(
+    _T.status == any_(bindparam("statuses", type_=ARRAY(Text())))
+)
+
+
 def fleet_totals_query() -> Select[*tuple[Any, ...]]:
     """Every (status, minor version) that has live clusters, summed over its shards; a caller
     may add columns (read in the same snapshot) and builds ``TotalsGroup.from_row``."""
-    query: Select[*tuple[Any, ...]] = (
-        select(
-            FleetTotal.status,
-            FleetTotal.minor,
-            func.sum(FleetTotal.clusters).label("clusters"),
-            func.sum(FleetTotal.nodes).label("nodes"),
-            func.sum(FleetTotal.ready_nodes).label("ready_nodes"),
-            func.sum(FleetTotal.cpu_capacity_cores).label("cpu_capacity_cores"),
-            func.sum(FleetTotal.cpu_allocatable_cores).label("cpu_allocatable_cores"),
-            func.sum(FleetTotal.memory_capacity_bytes).label("memory_capacity_bytes"),
-            func.sum(FleetTotal.memory_allocatable_bytes).label("memory_allocatable_bytes"),
-        )
-        .group_by(FleetTotal.status, FleetTotal.minor)
-        # Groups whose clusters all moved elsewhere keep their (zero) rows.
-        .having(func.sum(FleetTotal.clusters) != 0)
-    )
-    return query
+    return _FLEET_TOTALS
 
 
-async def read_fleet_totals(session: AsyncSession) -> list[TotalsGroup]:
+async def read_fleet_totals(reader: Reader) -> list[TotalsGroup]:
     """Every (status, minor version) that has live clusters."""
-    rows = (await session.execute(fleet_totals_query())).all()
+    connection = await connection_of(reader)
+    rows = (await connection.execute(_FLEET_TOTALS)).all()
     return [TotalsGroup.from_row(row) for row in rows]
 
 
-async def count_live_clusters(session: AsyncSession, statuses: Sequence[str] = ()) -> int:
+async def count_live_clusters(reader: Reader, statuses: Sequence[str] = ()) -> int:
     """How many live clusters there are (with one of ``statuses``, when given)."""
-    query = select(func.coalesce(func.sum(FleetTotal.clusters), 0))
+    connection = await connection_of(reader)
     if statuses:
-        query = query.where(FleetTotal.status.in_(list(statuses)))
-    return int((await session.execute(query)).scalar_one())
+        result = await connection.execute(_LIVE_CLUSTERS_BY_STATUS, {"statuses": list(statuses)})
+    else:
+        result = await connection.execute(_LIVE_CLUSTERS)
+    return int(result.scalar_one())

@@ -114,8 +114,7 @@ async def list_api_tokens(context: Context) -> list[ApiToken]:
     principal = context.principal
     if principal is None:
         return []
-    async with context.services.sessions() as session:
-        found = await db.list_tokens(session)
+    found = await context.read(db.list_tokens)
     if _manages_every_token(principal):
         return found
     return [token for token in found if token.created_by == principal.name]
