@@ -7,6 +7,10 @@ connect, tracemalloc attributes the new memory to packages; during a burst, cPro
 the server thread's CPU time to categories, and a ``gc`` callback times the collector (whose
 time is also inside the profiled functions' own time). The profiler slows Python code about
 twofold: read shares, not absolute times.
+
+``python -m bench.fanout_profile [SUBSCRIBERS]`` (default 300) measures memory only
+(``profile_memory``): RSS growth per subscriber, then KiB per subscriber by package, by line and
+by allocating traceback, printed as JSON. It is how issue 5's per-subscriber memory was cut.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import uvicorn
 
 from bench._support import Database, free_port
@@ -31,7 +36,7 @@ from fleetql.app import create_app
 from fleetql.config import load_settings
 from fleetql.server import uvicorn_config
 
-__all__ = ["profile_fleetql", "threaded_fleetql"]
+__all__ = ["memory_by_traceback", "profile_fleetql", "profile_memory", "threaded_fleetql"]
 
 Burst = Callable[[], Awaitable[dict[str, float]]]
 
@@ -157,6 +162,75 @@ async def profile_fleetql(
     }
 
 
+async def profile_memory(
+    database: Database,
+    *,
+    environment: dict[str, str],
+    query: str,
+    subscribers: int,
+    folder: Path,
+    frames: int = 12,
+    top: int = 60,
+) -> dict[str, Any]:
+    """Memory only, while ``subscribers`` connect: first untraced, by RSS (this process's
+    growth: the clients are processes of their own); then, connecting again, traced by package
+    (as ``profile_fleetql``), by line and by the tracebacks that allocated it, to find what
+    each subscriber holds."""
+    process = psutil.Process()
+    async with threaded_fleetql(database, environment) as server:
+        url = f"ws://127.0.0.1:{server.config.port}/graphql"
+        gc.collect()
+        rss_before = process.memory_info().rss
+        async with client_processes(
+            url, query, subscribers=subscribers, events=1, folder=folder
+        ) as clients:
+            untraced = (await clients.ready())["ready"]
+            gc.collect()
+            rss = (process.memory_info().rss - rss_before) / 1024 / max(1, untraced)
+        tracemalloc.start(frames)
+        try:
+            async with client_processes(
+                url, query, subscribers=subscribers, events=1, folder=folder
+            ) as clients:
+                ready = (await clients.ready())["ready"]
+                gc.collect()
+                snapshot = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+    return {
+        "subscribers": ready,
+        "rss_kib_per_subscriber": round(rss, 1),
+        "memory_kib_per_subscriber": memory_by_package(snapshot, ready),
+        "lines": [
+            {
+                "bytes": round(statistic.size / max(1, ready)),
+                "blocks": round(statistic.count / max(1, ready), 2),
+                "at": _short(statistic.traceback[0].filename, statistic.traceback[0].lineno, ""),
+            }
+            for statistic in snapshot.statistics("lineno")[:top]
+        ],
+        "tracebacks": memory_by_traceback(snapshot, ready, top=top),
+    }
+
+
+def memory_by_traceback(
+    snapshot: tracemalloc.Snapshot, subscribers: int, *, top: int = 25
+) -> list[dict[str, Any]]:
+    """The ``top`` allocating tracebacks, innermost frame first (a Traceback is oldest first):
+    bytes and blocks per subscriber (a block count near a whole number is something each
+    subscriber holds)."""
+    rows = []
+    for statistic in snapshot.statistics("traceback")[:top]:
+        rows.append(
+            {
+                "bytes": round(statistic.size / max(1, subscribers)),
+                "blocks": round(statistic.count / max(1, subscribers), 2),
+                "at": [_short(f.filename, f.lineno, "") for f in reversed(statistic.traceback)][:8],
+            }
+        )
+    return rows
+
+
 async def _on_loop(loop: asyncio.AbstractEventLoop, action: Callable[[], None]) -> None:
     """Run ``action`` on the server's loop (a profiler only sees the thread that enabled it)."""
 
@@ -243,3 +317,25 @@ def _short(filename: str, line: int, function: str) -> str:
     if "site-packages" in parts:
         parts = parts[parts.index("site-packages") + 1 :]
     return f"{'/'.join(parts[-3:])}:{line}({function})"
+
+
+async def _main(subscribers: int, query: str) -> None:
+    import json
+    import tempfile
+
+    from bench._support import bench_database
+
+    with tempfile.TemporaryDirectory(prefix="fleetql-fanout-") as scratch:
+        async with bench_database("fleetql_fanout") as database:
+            report = await profile_memory(
+                database, environment={}, query=query, subscribers=subscribers, folder=Path(scratch)
+            )
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.fanout import SUBSCRIPTION
+
+    asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, SUBSCRIPTION))

@@ -111,6 +111,8 @@ class FleetGraphQL(GraphQL[Context, None]):
         authorization = params.get("authorization", params.get("Authorization"))
         if not isinstance(authorization, str):
             authorization = context.upgrade_authorization
+        # Read once: the socket does not keep its credential (nor its init payload) after this.
+        context.connection_params = context.upgrade_authorization = None
         authenticator: Authenticator = context.services.authenticator
         try:
             principal = await authenticator.authenticate(authorization)

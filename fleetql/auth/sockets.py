@@ -30,7 +30,7 @@ CLOSE_REVOKED = 4403
 Close = Callable[[int, str], None]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Watched:
     principal: Principal
     close: Close

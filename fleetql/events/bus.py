@@ -27,6 +27,7 @@ from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
 from fleetql.events.backends import RESYNC
 from fleetql.events.model import MAX_IDS_PER_MESSAGE, InvalidEvent, decode_ids, encode_ids
+from fleetql.mailbox import Mailbox
 from fleetql.metrics.instruments import EventMetrics
 
 __all__ = [
@@ -78,6 +79,16 @@ class Delivery:
 class Subscription:
     """One subscriber's bounded queue; iterate it for deliveries until it is closed."""
 
+    __slots__ = (
+        "_accepts",
+        "_bus",
+        "_on_close",
+        "_queue",
+        "_visible",
+        "closed_because",
+        "skip_through",
+    )
+
     def __init__(
         self,
         bus: EventBus,
@@ -90,7 +101,8 @@ class Subscription:
         self._accepts = accepts
         self._visible = visible
         self._on_close = on_close
-        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=size)
+        # Not an asyncio.Queue: that is 3 KiB per subscriber even while empty (mailbox.py).
+        self._queue: Mailbox[Delivery | None] = Mailbox(maxsize=size)
         self.closed_because: str | None = None
         # Events up to this id were already handed over (by a replay): skip them live.
         self.skip_through = 0
