@@ -40,6 +40,7 @@ from fleetql.resolvers import clusters
 from fleetql.resolvers.clusters import ClusterPage as ClusterPageResult
 from fleetql.resolvers.context import Context
 from fleetql.schema.inputs import ClusterFilter, ClusterOrder
+from fleetql.schema.plainfields import PlainFieldExecutionContext
 from fleetql.schema.scalars import SCALAR_MAP
 from fleetql.schema.types import Cluster, ClusterPage
 
@@ -210,11 +211,14 @@ class InMemoryQuery:
 
 def in_memory_schema() -> strawberry.Schema:
     """Only the caches a well-configured server has, so parsing and validation are not repeated;
-    the API's own extensions (limits, masking) count as its overhead, not as the floor."""
+    the API's own extensions (limits, masking) count as its overhead, not as the floor. The
+    executor is fleetql's (plain fields read straight from their objects): the floor is the
+    cheapest execution this stack offers, not strawberry's stock one."""
     return strawberry.Schema(
         query=InMemoryQuery,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)],
+        execution_context_class=PlainFieldExecutionContext,
     )
 
 

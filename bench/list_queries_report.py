@@ -62,16 +62,17 @@ def markdown(result: dict[str, Any]) -> str:
         [
             "## List queries\n",
             f"`fleetql serve` ({result['workers']} uvicorn process, pool 10 + 10), the embedded "
-            "PostgreSQL, and a load generator (aiohttp on uvloop, keep-alive, closed loop) in a "
-            f"third process; each figure is {timing['duration']} s of load after "
+            "PostgreSQL, and a load generator (aiohttp on uvloop, keep-alive, closed loop) in "
+            f"a third process; each figure is {timing['duration']} s of load after "
             f"{timing['warmup']} s of warm-up. Floors, measured in the same run: **SQL** = the "
-            "statements fleetql runs for the query (captured from `fleetql.db.clusters`), replayed "
-            "through one asyncpg connection; **GraphQL** = Strawberry executing the same document "
-            "over the same records held in memory (the API's types and `from_row`, parser and "
-            "validation caches, no I/O). Ratio = server p50 at 1 client / (SQL + GraphQL floor "
-            "p50). Resolver = fleetql's own resolver call (SQLAlchemy session, pool, every "
-            "statement) in process, to set beside the SQL floor. CPU = milliseconds of CPU per "
-            "request at 1 client, server / PostgreSQL.\n",
+            "statements fleetql runs for the query (captured from `fleetql.db.clusters`), "
+            "replayed through one asyncpg connection; **GraphQL** = Strawberry executing the "
+            "same document over the same records held in memory (the API's types and "
+            "`from_row`, parser and validation caches, fleetql's executor, no I/O). Ratio = "
+            "server p50 at 1 client / (SQL + GraphQL floor p50). Resolver = fleetql's own "
+            "resolver call (SQLAlchemy session, pool, every statement) in process, to set "
+            "beside the SQL floor. CPU = milliseconds of CPU per request at 1 client, server / "
+            "PostgreSQL.\n",
             *(_size_table(size, titles) for size in result["sizes"]),
             _targets_table(result, titles),
             _workers_table(result, titles),

@@ -7,13 +7,7 @@ from typing import Any
 
 import strawberry
 from graphql import ASTValidationRule, GraphQLError, NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaskErrors,
-    MaxTokensLimiter,
-    ParserCache,
-    ValidationCache,
-)
+from strawberry.extensions import MaskErrors, ParserCache, ValidationCache
 from strawberry.schema.config import BatchingConfig, StrawberryConfig
 from strawberry.types import ExecutionContext
 
@@ -21,7 +15,7 @@ from fleetql.config import GraphQLSettings
 from fleetql.resolvers.errors import InvalidArgument
 from fleetql.schema.execution import PerEventExecutionContext
 from fleetql.schema.instrumentation import OperationMetrics
-from fleetql.schema.limits import query_limits_rule
+from fleetql.schema.limits import RequestLimits, query_limits_rule
 from fleetql.schema.mutation import Mutation
 from fleetql.schema.permissions import check_every_root_field
 from fleetql.schema.query import Query
@@ -111,8 +105,7 @@ def build_schema(settings: GraphQLSettings | None = None) -> strawberry.Schema:
         config=StrawberryConfig(scalar_map=SCALAR_MAP, batching_config=batching),
         execution_context_class=PerEventExecutionContext,
         extensions=[
-            lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
-            lambda: AddValidationRules(rules),
+            lambda: RequestLimits(rules, max_tokens=settings.max_tokens),
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=VALIDATION_CACHE_SIZE),
             # Before MaskErrors, so that it sees (and sorts) errors before they are masked.

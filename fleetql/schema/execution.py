@@ -16,18 +16,21 @@ from typing import Any, cast
 import orjson
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from fleetql.schema.plainfields import PlainFieldExecutionContext
+
 __all__ = ["PerEventExecutionContext"]
 
 _RESULTS = "_fleetql_cohort_results"
 
 
-class PerEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
+class PerEventExecutionContext(PlainFieldExecutionContext):
     """Per-event executors with a sub-field cache of their own, sharing results by cohort.
 
     graphql-core 3.3 copies the executor for every event but shares its sub-field cache, which
     is keyed by the id of lists built afresh per event: it never hits, and keeps every list of
     every event alive for as long as the subscription lasts (~3.7 KB per event and subscriber,
-    measured in bench/fanout.py). Each event's executor gets a fresh one here.
+    measured in bench/fanout.py). Each event's executor gets a fresh one here, and a fresh plan
+    of its plain fields (plainfields.py: queries and mutations run on this class too).
     """
 
     _cohort_key: tuple[int, bytes, Any] | None = None
@@ -35,6 +38,7 @@ class PerEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def build_per_event_executor(self, payload: Any) -> Any:
         executor = cast(PerEventExecutionContext, super().build_per_event_executor(payload))
         executor._relevant_sub_fields = {}
+        executor._field_plans = {}  # keyed by the field sets of those sub-fields
         # The parser cache hands identical documents the same operation node.
         principal = getattr(self.context_value, "principal", None)
         executor._cohort_key = (

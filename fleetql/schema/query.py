@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import strawberry
+from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 from strawberry.types import Info
-from strawberry.types.nodes import SelectedField, Selection
 
 from fleetql.db.clusters import ClusterFilter as DbClusterFilter
 from fleetql.db.clusters import OrderField, Ordering
@@ -19,18 +19,28 @@ from fleetql.schema.types import ApiToken, Cluster, ClusterPage, EventPage, Flee
 
 def _selects(info: Info[Context, None], name: str) -> bool:
     """Whether the client selected ``name`` directly on this field's result, fragments
-    included (fields nested deeper do not count)."""
+    included (fields nested deeper do not count).
 
-    def at_this_level(selections: list[Selection]) -> bool:
-        for selection in selections:
-            if isinstance(selection, SelectedField):
-                if selection.name == name:
+    Walks graphql-core's nodes: ``info.selected_fields`` would first convert the whole
+    selection (every item field, with its arguments) into strawberry objects."""
+    raw = info._raw_info
+    fragments = raw.fragments
+
+    def at_this_level(selection_set: SelectionSetNode | None) -> bool:
+        for selection in selection_set.selections if selection_set else ():
+            if isinstance(selection, FieldNode):
+                if selection.name.value == name:
                     return True
-            elif at_this_level(selection.selections):
-                return True
+            elif isinstance(selection, InlineFragmentNode):
+                if at_this_level(selection.selection_set):
+                    return True
+            elif isinstance(selection, FragmentSpreadNode):
+                fragment = fragments.get(selection.name.value)
+                if fragment is not None and at_this_level(fragment.selection_set):
+                    return True
         return False
 
-    return any(at_this_level(field.selections) for field in info.selected_fields)
+    return any(at_this_level(node.selection_set) for node in raw.field_nodes)
 
 
 def cluster_filter_of(filter: ClusterFilter | None) -> DbClusterFilter:
