@@ -214,6 +214,8 @@ def _reading(result: dict[str, Any]) -> str:
         _fixed_bullet(largest["fleetql"], profile["memory_kib_per_subscriber"]),
         _floor_bullet(result["events"], plain),
     ]
+    if "fleetql_coalesced" in largest:
+        bullets.append(_coalesced_bullet(largest, plain))
     return "### Reading\n\n" + "".join(bullets)
 
 
@@ -273,6 +275,29 @@ def _floor_bullet(events: int, plain: dict[str, Any]) -> str:
         "Fewer frames are the way: `clusterStatesChanged` coalesces a subscriber's changes "
         "within a short window into one message (the coalesced rows above), and subscribers "
         "can be spread over replicas (`events.url: postgres://`).\n"
+    )
+
+
+def _coalesced_bullet(largest: dict[str, Any], plain: dict[str, Any]) -> str:
+    """Where a coalesced burst's time goes: the server's CPU, the clients' CPU, the bytes."""
+    served = largest["fleetql_coalesced"]
+    delivered, messages = served["delivered"], max(served.get("messages", 1), 1)
+    megabytes = delivered * plain.get("message_bytes", 0) / 1e6
+    server, clients = served["server_cpu_seconds"], served.get("client_cpu_seconds", 0.0)
+    return (
+        f"- **Coalesced, {largest['subscribers']:,} subscribers**: {delivered:,} changes went "
+        f"out in {messages:,} messages (~{delivered / messages:.0f} changes, ~"
+        f"{megabytes * 1e3 / messages:.0f} KB each; ~{megabytes:.0f} MB of JSON in all). The "
+        f"server spent {server:.2f} s of CPU on them "
+        f"({1e6 * server / messages:.0f} µs a message) and "
+        f"the two client processes {clients:.2f} s receiving and decoding them, on the same 2 "
+        f"cores, in a {served['burst_seconds']:.2f} s burst: the machine was saturated, and "
+        f"the p99 ({served['latency'].get('p99_ms', 0):,.0f} ms) is that queue. Even with the "
+        f"clients elsewhere, the server's own {server:.2f} s for the burst is above the "
+        f"{TARGET_P99_MS:.0f} ms target: moving ~{megabytes:.0f} MB to {largest['subscribers']:,} "
+        "sockets within it needs the subscribers spread over replicas (each replica holds its "
+        "share of the consoles; `events.url: postgres://`), or smaller selections (a console "
+        "selecting `id status` instead of the whole cluster sends a fraction of the bytes).\n"
     )
 
 

@@ -11,62 +11,35 @@ __all__ = ["markdown"]
 
 TARGETS = {"p50_ms": 5.0, "p99_ms": 20.0, "rps_32": 500.0, "p99_32_ms": 100.0}
 
-FINDINGS = """### Findings and suggested fixes
+FINDINGS = """### Findings and what was done
 
-Written from the first run (at 0201a1e); the figures quoted are from that run unless marked.
-Done since (at 2aa6fef, in the tables above): item 3 in part (concurrent reads of one request
-share a session: two sessions instead of three) and item 4 (a) (clusters loaded only when the
-selection or the filter needs them, lazy `Cluster` objects, orjson for jsonb, a deque): replay
-went from ~2,200 to ~4,400 events/s and its first event from ~0.5 s to ~0.1 s at 10,000 back.
+First measured at 0201a1e and again at 2aa6fef (unfiltered `fleetSummary` 250 ms at 100,000
+clusters, 4-5 req/s at 32 clients; events pages ~9 ms; `cluster { events availability }` ~9 ms;
+replay ~4,400 events/s). Since then, each measured in process before it landed:
 
-1. **`fleetSummary` without a filter is a full scan per request, and PostgreSQL-bound**
-   (`fleetql/db/summary.py`): one MixedAggregate over a hash join of every live cluster with its
-   state, ~240 ms of PostgreSQL at 100,000 clusters (~18 ms at 10,000), so 32 consoles get ~3
-   answers a second with a p99 of seconds. The regular expression for the minor version is not
-   the cost (a one-off EXPLAIN grouping by the raw version: 238 vs 239 ms); reading the wide
-   `clusters` heap is part of it (164 MB at 100,000: the inline kubeconfig, list finding 4): a
-   one-off covering partial index `clusters (id) INCLUDE (credential_expires_at) WHERE
-   deleted_at IS NULL` turned that scan into an index-only scan, 239 → 179 ms. The answer is the
-   same for every caller with the same scope, and dashboards poll it: cache it per (scope,
-   filter) for a second or two, or keep per-status and per-version counters up to date where
-   states are written, and take the index (a migration) for filtered summaries. The server's p50
-   also sits ~65 ms above the SQL floor at 100,000 clusters, with more PostgreSQL CPU per
-   request than the floor's wall time: worth a look with `auto_explain` (a generic plan for the
-   prepared statement is the first suspect), not explained here.
-2. **Event pages cost GraphQL, not SQL**: the log's statements take 0.03-0.22 ms (backward index
-   scans on the primary key; the per-cluster filter walks `cluster_events_cluster_idx`), the
-   same at 10,000 and 100,000 clusters, but a page of 50 events is ~11 ms and ~11 ms of server
-   CPU, ~7.5 ms of it in strawberry and graphql-core (~18 fields per event with its `changes`
-   list): one process serves ~90 pages a second. Keyset pagination (`after`) costs the same as
-   the first page, as it should. Fixes are those of list finding 6 (cache identical responses
-   for a second) or a smaller default selection in consoles.
-3. **`cluster(id) { events, availability }` opens three sessions** (`get_cluster`,
-   `list_events`, `status_history`'s two statements): the resolver calls take ~4.5 ms for 0.4 ms
-   of SQL, each session paying the pre-ping and BEGIN … ROLLBACK of list finding 5. One
-   read-only session (or connection) per request would take most of it away.
-4. **Replay runs at ~2,200 events/s, 60-68x its floor** (2,600-2,900/s in quick runs on a
-   quieter machine; `fleetql/resolvers/events.py`, `fleetql/schema/subscription.py`): ~350-460
-   µs per event end to end against ~7 µs to read the same rows and encode the same messages. (a)
-   Before the first event the server reads the whole replay through the ORM and loads the
-   clusters of every event (~9,000 clusters for 10,000 events: a 25-60 ms join, ORM objects, and
-   the standard library's `json` decoding `changes` and `labels`): the first of 10,000 events
-   arrives after ~0.55-0.65 s (~1 s of CPU for the same step in process), although the
-   subscription selected no `cluster` field; `ClusterEvent.from_event` then builds a full
-   `Cluster` for each. Load clusters only when the selection asks for them, and decode jsonb
-   with orjson (`create_engine(..., json_deserializer=orjson.loads)`). (b) Each event is then
-   executed on its own (strawberry and graphql-core are ~70 % of the server's replay profile,
-   ~3.3 million `isinstance` calls for 10,000 events) and sent as its own frame; the cohort
-   cache of `fleetql/schema/execution.py` never helps a replay, because every replay builds
-   fresh `Delivery` objects. Consoles reconnecting after a deploy all replay the same range:
-   serving replays from a bounded cache of recent deliveries on the bus would let them share one
-   execution per event. (c) `_ReplayThenLive.__anext__` pops the front of a list (O(n) per
-   event); a deque (or an index) avoids it. Until then, a 10,000-event replay
-   (`MAX_REPLAY`) takes 3.5-4.6 s here, where reloading a page of clusters takes
-   10-60 ms (list benchmark).
-5. **The issue's list-query targets are not met by any of these queries at 100,000 clusters**
-   except one cluster's status changes at 1 client. Apart from `fleetSummary` (finding 1), the
-   limit is the server's CPU per request (3.4-11.5 ms, so 90-300 requests a second for one
-   process on 2 cores shared with PostgreSQL), as for the list queries.
+1. **`fleetSummary` from the fleet totals** (`fleetql/db/totals.py`, migration 0006): sums per
+   (status, minor version), spread over 8 shard rows, kept by PostgreSQL triggers inside each
+   writing transaction, so the answer stays exact (read-your-writes) and costs ~0.1 ms of SQL
+   instead of a ~240 ms scan; a check that changes nothing runs no trigger function. A filter or
+   a label-scoped principal still aggregates its clusters: the label selector at 100,000
+   clusters spends ~30 ms in PostgreSQL (a MixedAggregate over ~13,000 matching clusters and
+   their states), which misses the targets; a consoles' dashboard over a label scope at that
+   size is the case left.
+2. **Event pages and `cluster { events availability }`** lost the per-request fixed costs of
+   the list queries (no pre-ping, no BEGIN/ROLLBACK, one connection per request, statements
+   built once) and most of graphql-core's per-field work (plain fields read straight from
+   their objects: a page of 50 events is ~930 fields): ~9 ms -> ~2.6 ms at 1 client, ~500
+   pages/s at 32 clients.
+3. **Replay** runs at ~6,100 events/s (was ~2,200, then ~4,400), ~33x its floor: each replayed
+   event is still executed for its subscriber alone (the cohort cache does not help a replay:
+   every replay builds fresh deliveries), ~160 µs of CPU per event. Consoles reconnecting after
+   a deploy all replay the same range; serving replays from a bounded cache of recent
+   deliveries would let them share one execution per event. `clusterStatesChanged` with
+   `after` sends a replay as lists of up to 1,000 events, one message each.
+4. **32 clients, p99 <= 100 ms**: as for the list queries, one process's CPU per request
+   (1.6-3.0 ms) caps it near 400-700 requests/s and a closed loop of 32 clients queues behind
+   it; a second process on the same 2 cores (list benchmark, "Workers") is what brings p99
+   under 100 ms.
 """
 
 
@@ -75,12 +48,9 @@ def markdown(result: dict[str, Any]) -> str:
     timing, largest = result["timing"], result["sizes"][-1]
     titles = result["titles"]
     commit = result.get("_meta", {}).get("commit", "?")
-    stamp = (
-        f"Measured at {commit.removesuffix('+dirty')} + this benchmark (its files uncommitted "
-        "then). "
-        if commit.endswith("+dirty")
-        else f"Measured at {commit}. "
-    )
+    # "+dirty": uncommitted changes in the checkout then (the benchmark's own report files,
+    # when a run is re-rendered before it is committed).
+    stamp = f"Measured at {commit}. "
     return "\n".join(
         [
             "## History queries: fleetSummary, events, replay\n",

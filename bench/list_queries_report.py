@@ -11,45 +11,51 @@ from bench.query_report import layer_table, work_node
 
 __all__ = ["markdown"]
 
-FINDINGS = """### Findings and suggested fixes
+FINDINGS = """### Findings and what was done
 
-The targets are far off at 100,000 clusters, and PostgreSQL, not Python, is most of the gap. The
-alternatives' timings below come from a one-off EXPLAIN ANALYZE at 100,000 clusters while this
-benchmark was written (the same fleet), not from every run.
+At 100,000 clusters five of the seven queries now answer within the 1-client targets (p50 <= 5
+ms, p99 <= 20 ms); search and the label selector remain PostgreSQL-bound. First measured at
+021ab11 (first page 17.1 ms, search 126 ms, label selector 43 ms, cluster(id) 4.0 ms; 106-240
+req/s at 32 clients); the changes since, each measured in process before it landed:
 
-1. **Applied: `total` is counted only when selected, joining `cluster_states` only for a
-   status filter** (`fleetql/db/clusters.py`, `list_clusters`). The page itself takes under 1 ms;
-   the unfiltered count was a hash join of 100,000 x 100,000 rows (84 ms; an index-only count of
-   `clusters` takes ~12 ms). Compare "first page" with "first page, no total" above. Still open:
-   for unfiltered lists serve an estimate, or a count cached for a second or two.
-2. **Applied: deep pages choose their ids on `clusters` alone, then join** (ordering by name or
-   creation time without a status filter): page 200 fetched 4,000 joined rows before (at 10,000
-   clusters the planner sorted all of them, spilling to disk). Still open: keyset pagination (an
-   `after` cursor) would make every page cost the same.
-3. **Search walks the name index** (`filter_conditions`, `search`): the planner overestimates
-   how many rows `ILIKE '%…%'` matches and walks `clusters_name_live_key` in name order,
-   filtering ~27,000 rows to find 20; the trigram indexes are not used for the page. Match first
-   through them (`WITH m AS MATERIALIZED (SELECT id FROM clusters WHERE … ILIKE …)`), then order
-   and limit: 90 ms → 41 ms.
-4. **The encrypted kubeconfig lives inline in the table every list scans**
-   (`clusters.kubeconfig_ciphertext`, ~1.1 KB a row, under the 2 KB TOAST threshold): 100,000
-   clusters make a 157 MB heap, more than PostgreSQL's default 128 MB shared_buffers, so scans
-   that visit rows (search, deep pages) read several times the pages the listed columns need.
-   Move credentials to a 1:1 table only the poller reads (a migration).
-5. **A fixed ~1 ms and three round trips per request before any SQL** (`cluster(id)`: SQL 0.04
-   ms, resolver about 1 ms): `pool_pre_ping=True` (`fleetql/db/engine.py`) pings on every
-   checkout, and every read runs inside BEGIN … ROLLBACK through the ORM session. Drop the
-   pre-ping (use `pool_recycle`; asyncpg reports a dead connection on use) and run read-only
-   resolvers on an AUTOCOMMIT connection with Core statements.
-6. **GraphQL itself costs ~1.6-2 ms of CPU for a 20-cluster page** (the GraphQL floor) and the
-   server spends 5-9 ms of CPU per list request, so one process tops out near 110-200 list
-   requests/s here. 500 req/s at 32 clients on 2 cores shared with PostgreSQL is out of reach for
-   list pages even with the SQL fixed; it needs caching of identical (document, variables)
-   responses for a second (consoles poll the same pages) or more cores.
-7. **Workers**: one process on 2 cores. A second process added nothing for list pages
-   (PostgreSQL-bound) and lost throughput on `cluster(id)` (two Python processes and PostgreSQL
-   fighting for 2 cores). With PostgreSQL on its own machine, run one process per core
-   (replicas with `events.url: postgres://`).
+1. **Totals from the fleet totals** (`fleetql/db/totals.py`, migration 0006): the `total` of an
+   unfiltered list, or one filtered only by status, is read from `fleet_totals`, which
+   PostgreSQL triggers keep inside every writing transaction, so it stays exact (12-21 ms of
+   counting before, ~0.02 ms now). Other filters still count their matches, and `total` is
+   counted only when selected.
+2. **Credentials out of the heap every list scans** (migration 0005): the ~1.1 KB encrypted
+   kubeconfig of each row moved to `cluster_credentials`; the `clusters` heap is 30 MB instead
+   of 157 MB at 100,000 clusters (after `VACUUM FULL`; the benchmark seeds the new layout).
+3. **Search matches first, then orders** (`_list_searched`): a MATERIALIZED CTE collects the
+   matches through the trigram indexes, then sorts and pages them, and the total comes from
+   the same statement (page + count ~100 ms before, ~10 ms now). What is left is PostgreSQL
+   rechecking each trigram candidate against the row.
+4. **Deep pages and status filters from indexes**: the live-name index includes the id, a
+   `(status, cluster_id)` index serves status filters, and `clusters(after:)` pages by keyset,
+   so any page costs what the first one does. Page 200 (offset) is measured here.
+5. **No round trips before the SQL**: no pool pre-ping (`database.pool_recycle` instead, and a
+   read whose pooled connection died is retried once on a new one), reads on AUTOCOMMIT
+   connections (no BEGIN/ROLLBACK), one connection per request.
+6. **Statements built once** (`fleetql/db/clusters.py`): per filter shape, Core columns,
+   records built positionally; rebuilding the 29-column ORM select and re-matching its result
+   columns was ~0.5 ms per statement.
+7. **Plain fields read straight from their objects** (`fleetql/schema/plainfields.py`):
+   graphql-core spent ~4.5 µs per field on a page of ~390 fields; the executor fills fields
+   without resolvers with a getattr and a coercion and hands anything unusual back to
+   graphql-core (list page 1.9 -> 0.5 ms of CPU in process; the GraphQL floor above uses the
+   same executor).
+
+Still open:
+
+- **The label selector** spends ~10 ms counting ~13,000 matches (a bitmap heap scan: GIN
+  indexes cannot answer a count alone), and search ~10 ms rechecking trigram candidates; a
+  client that does not select `total` saves the count. Neither is a Python cost.
+- **32 clients**: one process serves 360-520 list requests/s (server CPU ~2.0-2.4 ms per
+  request, 1000 / CPU ms is its ceiling) with p99 110-150 ms; a closed loop of 32 clients at
+  500 req/s already waits 64 ms on average (Little's law), so p99 <= 100 ms needs more than one
+  process. The workers table shows it: two `fleetql serve` processes on the same 2 cores served
+  the first page at 611 req/s with a p99 of 96 ms. Run one process per core (replicas with
+  `events.url: postgres://`, as in compose.yaml).
 """
 
 
@@ -134,11 +140,21 @@ def _targets_table(result: dict[str, Any], titles: dict[str, str]) -> str:
 
 
 def _workers_table(result: dict[str, Any], titles: dict[str, str]) -> str:
+    pairs = result["two_workers"].values()
+    gains = [pair["2"]["rps"] / pair["1"]["rps"] for pair in pairs if pair["1"]["rps"]]
+    if gains and min(gains) >= 1.1:
+        advice = (
+            f"a second process served {min(gains):.1f}-{max(gains):.1f}x the requests, so for "
+            "2 cores run **two processes** (replicas behind the load balancer, "
+            "`events.url: postgres://`)"
+        )
+    else:
+        advice = "a second process did not pay, so for 2 cores run **one process**"
     rows = [
         "### Workers\n",
-        f"Recommended for 2 cores: **{result['workers']} process** (`fleetql serve` is one "
-        "uvicorn process; every figure above uses one). A second `fleetql serve` on the same "
-        "database, with the 32 clients split between the two, measured back to back with one:\n",
+        f"Every figure above uses {result['workers']} `fleetql serve` process (one uvicorn "
+        "process each). A second `fleetql serve` on the same database, with the 32 clients "
+        f"split between the two, measured back to back with one: {advice}.\n",
         "| query | 1 process req/s, p99 ms | 2 processes req/s, p99 ms "
         "| CPU ms/req servers / PostgreSQL, 1 → 2 |",
         "|---|---|---|---|",
@@ -191,7 +207,7 @@ def _reading(size: dict[str, Any], titles: dict[str, str]) -> str:
     lines = [
         "The server's p50 at 1 client, taken apart with figures measured without a profiler: "
         "SQL floor; + SQLAlchemy, session and pool (fleetql's resolver call in process, minus "
-        "the SQL floor: pre-ping, BEGIN and ROLLBACK round trips, statement building, rows to "
+        "the SQL floor: the pool checkout, SQLAlchemy's execution and result handling, rows to "
         "records); + GraphQL floor; + the rest (HTTP, uvicorn, Strawberry's view, the API's "
         "extensions, JSON, loopback). One process cannot serve more than 1000 / server CPU ms "
         "requests per second.\n"
