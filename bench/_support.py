@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,9 @@ __all__ = [
     "machine",
     "percentiles",
     "process_cpu_seconds",
+    "running_http_floor",
     "running_server",
+    "running_servers",
 ]
 
 FLEETQL = str(Path(sys.executable).parent / "fleetql")
@@ -151,6 +153,47 @@ def running_server(
             process.kill()
             process.wait()
         log.unlink(missing_ok=True)
+
+
+@contextmanager
+def running_servers(
+    database: Database, count: int, *, env: dict[str, str] | None = None
+) -> Iterator[list[ServerProcess]]:
+    """``count`` ``fleetql serve`` processes on one database, as replicas behind a load
+    balancer would run; stopped together after."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(running_server(database, env=env)) for _ in range(count)]
+
+
+@contextmanager
+def running_http_floor(body: bytes, *, startup_timeout: float = 30.0) -> Iterator[str]:
+    """``bench.http_floor`` answering every POST with ``body``; yields its URL."""
+    port = free_port()
+    with tempfile.NamedTemporaryFile(prefix="fleetql-bench-floor-", suffix=".json") as file:
+        file.write(body)
+        file.flush()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.http_floor", str(port), file.name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}/graphql"
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError("bench.http_floor exited")
+                try:
+                    httpx.post(url, content=b"{}", timeout=2)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("bench.http_floor did not answer in time") from None
+                    time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def _wait_until_serving(server: ServerProcess, timeout: float) -> None:

@@ -27,12 +27,13 @@ import httpx
 import orjson
 from websockets.asyncio.client import connect
 
-from bench._support import Database, bench_database, percentiles, running_server
+from bench._support import Database, bench_database, percentiles, running_servers
 from bench.fanout_profile import summarize_profile, threaded_fleetql
 from bench.history_queries_report import markdown
 from bench.history_queries_seed import seed_events
 from bench.list_queries import (
     SERVER_ENV,
+    WORKERS,
     Bench,
     Statement,
     captured_statements,
@@ -220,9 +221,9 @@ async def measure_query(bench: Bench, query: HistoryQuery, targets: Targets) -> 
     with captured_statements() as statements:
         fetched = await query.fetch(bench.context, targets)
     body = query.body(targets)
-    await _check_same_answer(bench.url, body, fetched)
+    await _check_same_answer(bench.urls[0], body, fetched)
     server = {
-        str(c): await measure_load(bench, body, c, urls=[bench.url], meter=bench.meter)
+        str(c): await measure_load(bench, body, c, urls=bench.urls, meter=bench.meter)
         for c in CONCURRENCY
     }
 
@@ -457,12 +458,13 @@ async def measure_size(setup: Setup, database: Database, size: int, newest: int)
     )
     first_page = await history.list_events(setup.context, first=50)
     targets = Targets(cluster_id=cluster_id, after=str(first_page.events[-1].id))
-    with running_server(database, env=SERVER_ENV) as server:
+    with running_servers(database, WORKERS, env=SERVER_ENV) as servers:
+        server, pids = servers[0], [server.pid for server in servers]
         bench = Bench(
-            url=server.url,
-            server_pid=server.pid,
+            urls=[server.url for server in servers],
+            server_pids=pids,
             load=setup.load,
-            meter=await CpuMeter.attach([server.pid], setup.load, connection),
+            meter=await CpuMeter.attach(pids, setup.load, connection),
             connection=connection,
             context=setup.context,
             schema=in_memory_schema(),  # unused here: the list benchmark's GraphQL floor
@@ -541,6 +543,7 @@ async def run(quick: bool) -> dict[str, Any]:
         query_profiles = await profile_queries(database, targets, timing.profile_seconds)
     return {
         "titles": {query.name: query.title for query in QUERIES},
+        "workers": WORKERS,
         "events_per_cluster": EVENTS_PER_CLUSTER,
         "event_days": EVENT_DAYS,
         "timing": asdict(timing),

@@ -27,7 +27,13 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
-from bench._support import Database, bench_database, percentiles, running_server
+from bench._support import (
+    Database,
+    bench_database,
+    percentiles,
+    running_http_floor,
+    running_servers,
+)
 from bench.list_queries_fleet import seed_fleet
 from bench.list_queries_report import markdown
 from bench.loadgen import CpuMeter, Job, LoadGenerator, in_process_settings, load_generator
@@ -52,7 +58,9 @@ CONCURRENCY = (1, 32)
 # fleetql serve is one uvicorn process. On 2 cores shared with PostgreSQL that is the right
 # count: Python serves on one core, PostgreSQL and the kernel take the other. The pool keeps its
 # defaults (10 + 10), more than one process can keep busy.
-WORKERS = 1
+# `fleetql serve` processes for 2 cores, clients spread across them as a load balancer would
+# (one client uses the first): a second process paid on this machine (see compare_workers).
+WORKERS = 2
 SERVER_ENV = {"FLEETQL_DATABASE__POOL_SIZE": "10", "FLEETQL_DATABASE__MAX_OVERFLOW": "10"}
 
 
@@ -278,8 +286,8 @@ async def explain(connection: asyncpg.Connection, statement: Statement) -> dict[
 class Bench:
     """What one run holds open: the server, its load generator, meters and in-process services."""
 
-    url: str
-    server_pid: int
+    urls: Sequence[str]
+    server_pids: Sequence[int]
     load: LoadGenerator
     meter: CpuMeter
     connection: asyncpg.Connection
@@ -317,9 +325,9 @@ async def measure_query(bench: Bench, query: ListQuery, cluster_id: uuid.UUID) -
     with captured_statements() as statements:
         fetched = await query.fetch(bench.context, cluster_id)
     body = query.body(cluster_id)
-    await _check_same_answer(bench.url, body, fetched)
+    response = await _check_same_answer(bench.urls[0], body, fetched)
     server = {
-        str(c): await measure_load(bench, body, c, urls=[bench.url], meter=bench.meter)
+        str(c): await measure_load(bench, body, c, urls=bench.urls[:WORKERS], meter=bench.meter)
         for c in CONCURRENCY
     }
 
@@ -347,6 +355,7 @@ async def measure_query(bench: Bench, query: ListQuery, cluster_id: uuid.UUID) -
     floors = sql_floor["p50_ms"] + graphql_floor["p50_ms"]
     return {
         "server": server,
+        "http_floor": await measure_http_floor(bench, body, response),
         "sql_floor": sql_floor,
         "resolver": resolver,
         "graphql_floor": graphql_floor,
@@ -356,8 +365,9 @@ async def measure_query(bench: Bench, query: ListQuery, cluster_id: uuid.UUID) -
     }
 
 
-async def _check_same_answer(url: str, body: str, fetched: Fetched) -> None:
-    """The floors must answer the query the server answers: the same clusters, in order."""
+async def _check_same_answer(url: str, body: str, fetched: Fetched) -> bytes:
+    """The floors must answer the query the server answers: the same clusters, in order.
+    Returns the server's response, for the HTTP floor to send."""
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.post(
             url, content=body, headers={"content-type": "application/json"}
@@ -365,6 +375,14 @@ async def _check_same_answer(url: str, body: str, fetched: Fetched) -> None:
     payload = response.json()
     if "errors" in payload or _ids_in_response(payload["data"]) != _ids(fetched):
         raise RuntimeError(f"floor and server disagree: {response.text[:300]}")
+    return response.content
+
+
+async def measure_http_floor(bench: Bench, body: str, response: bytes) -> dict[str, Any]:
+    """One client posting ``body`` to a bare uvicorn that answers with ``response``: the
+    request's cost in HTTP, loopback and the load generator alone."""
+    with running_http_floor(response) as url:
+        return await measure_load(bench, body, 1, urls=[url], meter=bench.meter)
 
 
 async def measure_size(bench: Bench, size: int) -> dict[str, Any]:
@@ -420,24 +438,20 @@ def evaluate_targets(size: dict[str, Any]) -> dict[str, dict[str, bool]]:
     return verdicts
 
 
-async def compare_workers(
-    bench: Bench, database: Database, cluster_id: uuid.UUID
-) -> dict[str, Any]:
+async def compare_workers(bench: Bench, cluster_id: uuid.UUID) -> dict[str, Any]:
     """32 clients on one server process, then spread over two on one database, back to back so
-    that both see the same machine: does a second worker pay on 2 cores shared with
+    that both see the same machine: does a second process pay on 2 cores shared with
     PostgreSQL?"""
     figures: dict[str, Any] = {}
     clients = max(CONCURRENCY)
-    with running_server(database, env=SERVER_ENV) as second:
-        both = await CpuMeter.attach([bench.server_pid, second.pid], bench.load, bench.connection)
-        for query in (QUERIES[0], QUERIES[-1]):
-            body = query.body(cluster_id)
-            figures[query.name] = {
-                "1": await measure_load(bench, body, clients, urls=[bench.url], meter=bench.meter),
-                "2": await measure_load(
-                    bench, body, clients, urls=[bench.url, second.url], meter=both
-                ),
-            }
+    one = await CpuMeter.attach(bench.server_pids[:1], bench.load, bench.connection)
+    both = await CpuMeter.attach(bench.server_pids[:2], bench.load, bench.connection)
+    for query in (QUERIES[0], QUERIES[-1]):
+        body = query.body(cluster_id)
+        figures[query.name] = {
+            "1": await measure_load(bench, body, clients, urls=bench.urls[:1], meter=one),
+            "2": await measure_load(bench, body, clients, urls=bench.urls[:2], meter=both),
+        }
     return figures
 
 
@@ -457,15 +471,17 @@ async def run(quick: bool) -> dict[str, Any]:
     async with bench_database() as database:
         key = database.key.to_base64()
         settings = in_process_settings(database.url, key)
-        with running_server(database, env=SERVER_ENV) as server:
+        # Two processes for the comparison with one, whatever WORKERS measures with.
+        with running_servers(database, max(WORKERS, 2), env=SERVER_ENV) as servers:
+            pids = [server.pid for server in servers]
             connection = await asyncpg.connect(database.dsn)
             try:
                 async with load_generator() as load, open_services(settings, migrate=False) as svc:
                     bench = Bench(
-                        url=server.url,
+                        urls=[server.url for server in servers],
                         load=load,
-                        server_pid=server.pid,
-                        meter=await CpuMeter.attach([server.pid], load, connection),
+                        server_pids=pids,
+                        meter=await CpuMeter.attach(pids[:WORKERS], load, connection),
                         connection=connection,
                         context=Context(services=svc, request_id="bench-floor", principal=SYSTEM),
                         schema=in_memory_schema(),
@@ -473,7 +489,7 @@ async def run(quick: bool) -> dict[str, Any]:
                     )
                     results = await measure_sizes(bench, database, sizes)
                     cluster_id = uuid.UUID(results[-1]["cluster_id"])
-                    workers = await compare_workers(bench, database, cluster_id)
+                    workers = await compare_workers(bench, cluster_id)
             finally:
                 await connection.close()
         profile = await profile_queries(database.url, key, cluster_id, timing.profile_requests)

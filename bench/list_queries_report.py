@@ -47,15 +47,18 @@ req/s at 32 clients); the changes since, each measured in process before it land
 
 Still open:
 
-- **The label selector** spends ~10 ms counting ~13,000 matches (a bitmap heap scan: GIN
-  indexes cannot answer a count alone), and search ~10 ms rechecking trigram candidates; a
-  client that does not select `total` saves the count. Neither is a Python cost.
+- **The label selector** spends ~10 ms counting its ~5,800 matches, spread over ~3,000 of the
+  table's ~3,800 heap blocks (a bitmap heap scan: GIN answers are rechecked against each row
+  and its visibility, so no index can count them alone), and search ~9 ms rechecking ~2,400
+  trigram candidates over ~1,800 blocks; a client that does not select `total` saves the
+  count (the selector's page alone is ~1.3 ms). Neither is a Python cost: what would remove
+  it is a count kept per selector, which no general filter allows.
 - **32 clients**: one process serves 360-520 list requests/s (server CPU ~2.0-2.4 ms per
-  request, 1000 / CPU ms is its ceiling) with p99 110-150 ms; a closed loop of 32 clients at
-  500 req/s already waits 64 ms on average (Little's law), so p99 <= 100 ms needs more than one
-  process. The workers table shows it: two `fleetql serve` processes on the same 2 cores served
-  the first page at 611 req/s with a p99 of 96 ms. Run one process per core (replicas with
-  `events.url: postgres://`, as in compose.yaml).
+  request, 1000 / CPU ms is its ceiling) with p99 110-150 ms (measured at 021ab11-f7ca488); a
+  closed loop of 32 clients at 500 req/s already waits 64 ms on average (Little's law), so
+  p99 <= 100 ms needs more than one process. The figures above therefore use two `fleetql
+  serve` processes on the same 2 cores (the count recommended here, replicas with the clients
+  spread across them), and the workers table compares one and two back to back.
 """
 
 
@@ -67,7 +70,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             "## List queries\n",
-            f"`fleetql serve` ({result['workers']} uvicorn process, pool 10 + 10), the embedded "
+            f"{_processes(result['workers'])}, the embedded "
             "PostgreSQL, and a load generator (aiohttp on uvloop, keep-alive, closed loop) in "
             f"a third process; each figure is {timing['duration']} s of load after "
             f"{timing['warmup']} s of warm-up. Floors, measured in the same run: **SQL** = the "
@@ -95,16 +98,17 @@ def _size_table(size: dict[str, Any], titles: dict[str, str]) -> str:
     rows = [
         f"### {size['clusters']:,} clusters\n",
         "| query | 1 client p50 / p99 ms | req/s | 32 clients p50 / p99 ms | req/s "
-        "| SQL floor ms | resolver ms | GraphQL floor ms | ratio | CPU ms/req |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| SQL floor ms | resolver ms | GraphQL floor ms | HTTP floor ms | ratio | CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, query in size["queries"].items():
         one, many = query["server"]["1"], query["server"]["32"]
+        http = query.get("http_floor", {}).get("p50_ms")
         rows.append(
             f"| {titles[name]} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} | {one['rps']:.0f} "
             f"| {many['p50_ms']:.1f} / {many['p99_ms']:.1f} | {many['rps']:.0f} "
             f"| {query['sql_floor']['p50_ms']:.2f} | {query['resolver']['p50_ms']:.2f} "
-            f"| {query['graphql_floor']['p50_ms']:.2f} "
+            f"| {query['graphql_floor']['p50_ms']:.2f} | {'-' if http is None else f'{http:.2f}'} "
             f"| {query['ratio']:.1f} | {one['server_cpu_ms']:.1f} / {one['postgres_cpu_ms']:.1f} |"
         )
     return "\n".join(rows) + "\n"
@@ -139,6 +143,16 @@ def _targets_table(result: dict[str, Any], titles: dict[str, str]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _processes(workers: int) -> str:
+    if workers == 1:
+        return "`fleetql serve` (1 uvicorn process, pool 10 + 10)"
+    return (
+        f"{workers} `fleetql serve` processes on one database, pool 10 + 10 each (replicas: "
+        "the clients are spread across them as a load balancer would, a single client uses "
+        "the first)"
+    )
+
+
 def _workers_table(result: dict[str, Any], titles: dict[str, str]) -> str:
     pairs = result["two_workers"].values()
     gains = [pair["2"]["rps"] / pair["1"]["rps"] for pair in pairs if pair["1"]["rps"]]
@@ -152,9 +166,8 @@ def _workers_table(result: dict[str, Any], titles: dict[str, str]) -> str:
         advice = "a second process did not pay, so for 2 cores run **one process**"
     rows = [
         "### Workers\n",
-        f"Every figure above uses {result['workers']} `fleetql serve` process (one uvicorn "
-        "process each). A second `fleetql serve` on the same database, with the 32 clients "
-        f"split between the two, measured back to back with one: {advice}.\n",
+        f"Every figure above uses {_processes(result['workers'])}. One process, then two on "
+        f"the same database with the 32 clients split between them, back to back: {advice}.\n",
         "| query | 1 process req/s, p99 ms | 2 processes req/s, p99 ms "
         "| CPU ms/req servers / PostgreSQL, 1 → 2 |",
         "|---|---|---|---|",
@@ -209,8 +222,11 @@ def _reading(size: dict[str, Any], titles: dict[str, str]) -> str:
         "SQL floor; + SQLAlchemy, session and pool (fleetql's resolver call in process, minus "
         "the SQL floor: the pool checkout, SQLAlchemy's execution and result handling, rows to "
         "records); + GraphQL floor; + the rest (HTTP, uvicorn, Strawberry's view, the API's "
-        "extensions, JSON, loopback). One process cannot serve more than 1000 / server CPU ms "
-        "requests per second.\n"
+        "extensions, JSON, loopback), beside the **HTTP floor**: a bare uvicorn answering the "
+        "same request with the same response bytes (`bench/http_floor.py`: no Starlette, no "
+        "middleware, no GraphQL, no database), i.e. what the round trip itself costs with this "
+        "load generator. One process cannot serve more than 1000 / server CPU ms requests per "
+        "second.\n"
     ]
     for name, query in size["queries"].items():
         one = query["server"]["1"]
@@ -218,9 +234,11 @@ def _reading(size: dict[str, Any], titles: dict[str, str]) -> str:
         session = max(0.0, query["resolver"]["p50_ms"] - sql)
         rest = max(0.0, one["p50_ms"] - sql - session - graphql)
         cap = 1000 / one["server_cpu_ms"] if one["server_cpu_ms"] else 0.0
+        http = query.get("http_floor", {}).get("p50_ms")
+        of_which = "" if http is None else f" (the HTTP floor alone: {http:.1f})"
         lines.append(
             f"- {titles[name]}: {one['p50_ms']:.1f} ms = SQL {sql:.1f} + SQLAlchemy {session:.1f} "
-            f"+ GraphQL {graphql:.1f} + rest {rest:.1f}; {one['server_cpu_ms']:.1f} ms of server "
-            f"CPU per request caps one process near {cap:.0f} req/s."
+            f"+ GraphQL {graphql:.1f} + rest {rest:.1f}{of_which}; {one['server_cpu_ms']:.1f} ms "
+            f"of server CPU per request caps one process near {cap:.0f} req/s."
         )
     return "\n".join(lines) + "\n"

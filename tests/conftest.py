@@ -219,14 +219,19 @@ def server(settings: Settings) -> Iterator[ThreadedServer]:
 
 
 async def truncate(database_url: str) -> None:
-    """Empty the fleet. A server of an earlier test may still be reading (its housekeeping, a
-    relay, a poller winding down): TRUNCATE then deadlocks with it now and then, and PostgreSQL
-    picks one side to fail. The fixture retries instead of failing the next test's setup."""
+    """Empty the fleet and forget any pruning. A server of an earlier test may still be reading
+    (its housekeeping, a relay, a poller winding down): TRUNCATE then deadlocks with it now and
+    then, and PostgreSQL picks one side to fail. The fixture retries instead of failing the next
+    test's setup."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for attempt in range(5):
             try:
-                await connection.execute("TRUNCATE clusters CASCADE")
+                async with connection.transaction():
+                    await connection.execute("TRUNCATE clusters CASCADE")
+                    # A pruning test leaves a watermark that would refuse the next test's
+                    # replays from the start of the (now empty) log as too old.
+                    await connection.execute("UPDATE event_relay SET pruned_through = 0")
                 return
             except asyncpg.exceptions.DeadlockDetectedError:
                 if attempt == 4:
