@@ -38,7 +38,7 @@ from fleetql.db.clusters import ClusterRecord, cluster_labels, get_clusters
 from fleetql.db.embedded import embedded_postgres
 from fleetql.db.engine import (
     create_engine,
-    create_read_session_factory,
+    create_read_engine,
     create_session_factory,
 )
 from fleetql.db.events import LoggedEvent, events_by_id
@@ -307,7 +307,7 @@ async def open_services(
         yield Services(
             settings=settings,
             sessions=sessions,
-            reads=create_read_session_factory(engine),
+            reads=create_read_engine(engine),
             cipher=cipher,
             events=events,
             relay=relay,

@@ -21,7 +21,7 @@ from fleetql.crypto import EncryptionKey
 from fleetql.db.engine import (
     APPLICATION_NAME,
     create_engine,
-    create_read_session_factory,
+    create_read_engine,
 )
 from fleetql.resolvers.context import SharedReads
 from tests.conftest import GraphQLClient, RestartablePostgres, ThreadedServer, asyncpg_dsn
@@ -125,7 +125,7 @@ async def test_a_requests_reads_take_one_connection_from_the_pool(
     server: ThreadedServer, api: GraphQLClient, kubeconfigs: KubeconfigFactory
 ) -> None:
     cluster_id = await _import(api, kubeconfigs, "one-checkout")
-    engine: AsyncEngine = server.app.state.services.reads.kw["bind"]
+    engine: AsyncEngine = server.app.state.services.reads
     checkouts: list[str] = []
 
     def count(*_args: object) -> None:
@@ -155,13 +155,13 @@ async def test_read_sessions_run_each_statement_outside_a_transaction(
 ) -> None:
     engine = create_engine(database_url, settings.database)
     try:
-        reads = SharedReads(create_read_session_factory(engine))
-        async with reads.session() as session:
+        reads = SharedReads(create_read_engine(engine))
+        async with reads.connection() as connection:
             # Inside one transaction both statements would see the same transaction id.
-            first = await session.scalar(text("SELECT pg_current_xact_id()::text"))
-            second = await session.scalar(text("SELECT pg_current_xact_id()::text"))
-            pid = await session.scalar(text("SELECT pg_backend_pid()"))
-            again = await session.scalar(text("SELECT pg_backend_pid()"))
+            first = await connection.scalar(text("SELECT pg_current_xact_id()::text"))
+            second = await connection.scalar(text("SELECT pg_current_xact_id()::text"))
+            pid = await connection.scalar(text("SELECT pg_backend_pid()"))
+            again = await connection.scalar(text("SELECT pg_backend_pid()"))
         assert first != second
         assert pid == again
     finally:

@@ -1,4 +1,4 @@
-"""Reads running at the same time in one context share a session, which closes with the last."""
+"""Reads running at the same time in one context share a connection, given back with the last."""
 
 from __future__ import annotations
 
@@ -7,75 +7,81 @@ import asyncio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fleetql.resolvers.context import SharedReads
 from tests.conftest import GraphQLClient
 from tests.kubeconfigs import KubeconfigFactory
 
 
+def _shared_reads(sessions: async_sessionmaker[AsyncSession]) -> SharedReads:
+    """Reads on the test database's engine (the one ``sessions`` is bound to)."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    return SharedReads(engine)
+
+
 async def _backend_pid(reads: SharedReads, started: asyncio.Event, go: asyncio.Event) -> int:
-    async with reads.session() as session:
+    async with reads.connection() as connection:
         started.set()
         await go.wait()
-        return int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
+        return int(await connection.scalar(text("SELECT pg_backend_pid()")) or 0)
 
 
 async def test_concurrent_reads_share_one_connection_and_later_ones_get_another(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    reads = SharedReads(sessions)
+    reads = _shared_reads(sessions)
     started, go = asyncio.Event(), asyncio.Event()
     first = asyncio.create_task(_backend_pid(reads, started, go))
     await started.wait()
-    # The second reader waits for its turn on the same session.
+    # The second reader waits for its turn on the same connection.
     second = asyncio.create_task(_backend_pid(reads, asyncio.Event(), go))
     go.set()
     one, two = await asyncio.gather(first, second)
     assert one == two != 0
-    async with reads.session() as session:
-        # Both were done: the shared session was closed and this is a new one, in a new
+    async with reads.connection() as connection:
+        # Both were done: the shared connection was given back and this is a new one, in a new
         # transaction (a shared one would still be in the first transaction).
-        assert session.in_transaction() is False
-        await session.execute(text("SELECT 1"))
-        assert session.in_transaction() is True
+        assert connection.in_transaction() is False
+        await connection.execute(text("SELECT 1"))
+        assert connection.in_transaction() is True
 
 
 async def test_a_failed_read_does_not_abort_the_next_readers_transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    reads = SharedReads(sessions)
+    reads = _shared_reads(sessions)
     started = asyncio.Event()
 
     async def failing() -> None:
-        async with reads.session() as session:
+        async with reads.connection() as connection:
             started.set()
-            await session.execute(text("SELECT 1 / 0"))
+            await connection.execute(text("SELECT 1 / 0"))
 
     async def after() -> int:
         await started.wait()
-        async with reads.session() as session:
-            return int(await session.scalar(text("SELECT 41 + 1")) or 0)
+        async with reads.connection() as connection:
+            return int(await connection.scalar(text("SELECT 41 + 1")) or 0)
 
     results = await asyncio.gather(failing(), after(), return_exceptions=True)
     assert isinstance(results[0], DBAPIError)
     assert results[1] == 42
 
 
-async def test_a_cancelled_read_leaves_the_waiting_readers_a_working_session(
+async def test_a_cancelled_read_leaves_the_waiting_readers_a_working_connection(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    reads = SharedReads(sessions)
+    reads = _shared_reads(sessions)
     started = asyncio.Event()
 
     async def slow() -> None:
-        async with reads.session() as session:
+        async with reads.connection() as connection:
             started.set()
-            await session.execute(text("SELECT pg_sleep(30)"))
+            await connection.execute(text("SELECT pg_sleep(30)"))
 
     async def waiting() -> int:
-        async with reads.session() as session:
-            return int(await session.scalar(text("SELECT 7")) or 0)
+        async with reads.connection() as connection:
+            return int(await connection.scalar(text("SELECT 7")) or 0)
 
     stuck = asyncio.create_task(slow())
     await started.wait()

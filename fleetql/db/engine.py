@@ -18,7 +18,7 @@ from fleetql.config import DatabaseSettings
 __all__ = [
     "APPLICATION_NAME",
     "create_engine",
-    "create_read_session_factory",
+    "create_read_engine",
     "create_session_factory",
     "is_lost_connection",
 ]
@@ -60,14 +60,12 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for reads only, on the same pool: AUTOCOMMIT, so no BEGIN and no ROLLBACK round
-    trips. Under READ COMMITTED each statement takes its own snapshot anyway, so a read sees
-    what it saw inside a transaction; only a write in such a session would lose atomicity, and
-    nothing writes through it."""
-    return async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+def create_read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The engine reads check their connections out of, on the same pool: AUTOCOMMIT, so no
+    BEGIN and no ROLLBACK round trips. Under READ COMMITTED each statement takes its own
+    snapshot anyway, so a read sees what it saw inside a transaction; only a write on such a
+    connection would lose atomicity, and nothing writes through it."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def is_lost_connection(error: BaseException) -> bool:

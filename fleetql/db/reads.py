@@ -1,7 +1,7 @@
 """What the read functions of ``fleetql.db`` run their statements on.
 
-They take a session (a request's shared read session, or a unit of work reading what it just
-wrote) or a bare connection, and execute Core statements on its connection: rows that become
+They take a session (a unit of work reading what it just wrote) or a bare connection (a
+request's shared reads), and execute Core statements on its connection: rows that become
 records anyway need none of the ORM's result handling, which costs more than the statement.
 """
 

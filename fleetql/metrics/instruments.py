@@ -202,6 +202,7 @@ class ApiMetrics:
             buckets=OPERATION_BUCKETS,
             registry=registry,
         )
+        self._durations: dict[tuple[str, str], Histogram] = {}
         self.errors = Counter(
             "fleetql_graphql_errors",
             "GraphQL errors by kind: parse, validation, bad_user_input (an argument or "
@@ -223,8 +224,13 @@ class ApiMetrics:
         )
 
     def observe_operation(self, type_: str, name: str | None, seconds: float) -> None:
-        label = self.operation_names.label(name)
-        self.operation_duration.labels(type=type_, name=label).observe(seconds)
+        key = (type_, self.operation_names.label(name))
+        series = self._durations.get(key)
+        if series is None:
+            # Bounded as the labels are (operation types x known names); ``labels()`` checks
+            # and locks on every call, which every request would pay.
+            series = self._durations[key] = self.operation_duration.labels(*key)
+        series.observe(seconds)
 
 
 class DatabaseMetrics:
