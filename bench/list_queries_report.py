@@ -58,7 +58,19 @@ Still open:
   closed loop of 32 clients at 500 req/s already waits 64 ms on average (Little's law), so
   p99 <= 100 ms needs more than one process. The figures above therefore use two `fleetql
   serve` processes on the same 2 cores (the count recommended here, replicas with the clients
-  spread across them), and the workers table compares one and two back to back.
+  spread across them), and the workers table compares one and two back to back. With two,
+  the first pages pass 500 req/s and `cluster(id)` meets every 32-client target; the list
+  pages' p99 stays at 100-130 ms because the 2 cores are full: at ~600 requests/s the two
+  servers need ~1.3 cores (2.1 ms of CPU per request), the load generator ~0.1 and
+  PostgreSQL some more, and this shared machine's other work took ~0.5-0.6 cores during
+  those runs (the `other_cores` figures in results.json).
+- **`cluster(id)` is ~6x its floors** because its floors are tiny (0.13 ms of SQL, 0.19 of
+  GraphQL): the rest is fixed per-request work measured layer by layer in process (~1.1 ms of
+  CPU: Starlette and the middleware ~0.05-0.09 ms, strawberry's HTTP view ~0.14, its extension
+  machinery ~0.03, SQLAlchemy's execution ~0.15 above asyncpg, plus uvicorn's HTTP handling),
+  against 0.2 ms for the HTTP floor (a bare uvicorn returning the same bytes). Within 3x would
+  need ~0.9 ms end to end: below what this stack (Starlette, strawberry's view, SQLAlchemy)
+  spends on any request.
 """
 
 
