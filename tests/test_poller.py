@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -284,6 +285,45 @@ async def test_two_pollers_check_each_due_cluster_once(fleet: Fleet) -> None:
     assert per_cluster == {4}
     states = [await fleet.state(cluster_id) for cluster_id in ids]
     assert {state["status"] for state in states} == {"HEALTHY"}
+
+
+async def test_a_stop_during_a_claim_releases_what_the_claim_took(fleet: Fleet) -> None:
+    """Cancelling the runner after PostgreSQL committed a claim but before its rows came back
+    must not orphan the claims until their lease runs out."""
+    for i in range(3):
+        await fleet.add(f"claimed-{i}")
+    await fleet.make_due()
+    committed = asyncio.Event()
+    real_sessions = fleet.sessions
+
+    @contextlib.asynccontextmanager
+    async def slow_after_commit() -> AsyncIterator[AsyncSession]:
+        async with real_sessions() as session:
+            commit = session.commit
+
+            async def commit_then_linger() -> None:
+                await commit()
+                committed.set()
+                await asyncio.sleep(0.5)  # the reply is "still on its way" when stop cancels
+
+            session.commit = commit_then_linger  # type: ignore[method-assign]
+            yield session
+
+    poller = fleet.poller(max_concurrency=3)
+    poller.sessions = slow_after_commit  # type: ignore[assignment]
+    runner = asyncio.create_task(poller.run())
+    await asyncio.wait_for(committed.wait(), 30)
+    await poller.stop()
+    await poller.pool.aclose()
+    assert runner.done()
+    connection = await asyncpg.connect(asyncpg_dsn(fleet.database_url))
+    try:
+        held = await connection.fetchval(
+            "SELECT count(*) FROM cluster_states WHERE claimed_until > now()"
+        )
+    finally:
+        await connection.close()
+    assert held == 0
 
 
 async def test_state_change_is_published_after_commit_and_only_on_change(fleet: Fleet) -> None:

@@ -61,6 +61,10 @@ class PollerStats:
     database_errors: int = 0
 
 
+# How long ``stop`` waits for a claim in progress to come back.
+_CLAIM_WAIT = 5.0
+
+
 @dataclass
 class Poller:
     sessions: async_sessionmaker[AsyncSession]
@@ -82,6 +86,8 @@ class Poller:
     # Clusters claimed and not yet recorded: what ``stop`` gives back.
     _claimed: set[uuid.UUID] = field(default_factory=set)
     _runner: asyncio.Task[Any] | None = None
+    # The claim in progress, if any: ``stop`` lets it finish so its claims can be released.
+    _claiming: asyncio.Future[list[DueCluster]] | None = None
     _stopped: bool = False
 
     def __post_init__(self) -> None:
@@ -134,6 +140,10 @@ class Poller:
         if runner is not None and runner is not asyncio.current_task():
             runner.cancel()
             await asyncio.wait([runner])
+        if self._claiming is not None and not self._claiming.done():
+            # Bounded: a claim is one short statement; a database that does not answer leaves
+            # its claims to the lease, as a crash would.
+            await asyncio.wait([self._claiming], timeout=_CLAIM_WAIT)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -160,6 +170,15 @@ class Poller:
         return checked
 
     async def _claim(self, limit: int) -> list[DueCluster]:
+        """Claim up to ``limit`` clusters. The claim runs as a task of its own, shielded: a
+        stop that cancels the runner mid-claim (after PostgreSQL committed, before the rows
+        came back) must still learn which clusters were claimed, or their leases would hold
+        them from every replica until they ran out. ``stop`` waits for it."""
+        claiming = asyncio.ensure_future(self._claim_and_hold(limit))
+        self._claiming = claiming
+        return await asyncio.shield(claiming)
+
+    async def _claim_and_hold(self, limit: int) -> list[DueCluster]:
         async with self.sessions() as session:
             claimed = await claim_due_clusters(session, limit=limit, lease=self.lease)
             await session.commit()
