@@ -288,13 +288,13 @@ async def latest_event_id(reader: Reader) -> int:
     return int(await connection.scalar(_LATEST_EVENT_ID) or 0)
 
 
-async def relay_position(session: AsyncSession) -> tuple[int, int]:
+_RELAY_POSITION = select(EventRelayPosition.last_event_id, EventRelayPosition.pruned_through)
+
+
+async def relay_position(reader: Reader) -> tuple[int, int]:
     """(last published id, pruned through id)."""
-    row = (
-        await session.execute(
-            select(EventRelayPosition.last_event_id, EventRelayPosition.pruned_through)
-        )
-    ).one()
+    connection = await connection_of(reader)
+    row = (await connection.execute(_RELAY_POSITION)).one()
     return int(row[0]), int(row[1])
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from fleetql.db import events as log
 from fleetql.db.clusters import ClusterRecord
 from fleetql.db.events import LoggedEvent
@@ -164,16 +166,21 @@ async def subscribe_cluster_events(
     return _ReplayThenLive(deliveries, subscription)
 
 
+async def _replay_window(connection: AsyncConnection, after: int) -> list[LoggedEvent]:
+    """The events after ``after``, one more than a replay may hold (to tell a replay that is
+    too long), unless the log no longer keeps them all."""
+    _, pruned_through = await log.relay_position(connection)
+    if after < pruned_through:
+        raise InvalidArgument(
+            "after",
+            f"event {after} is older than the event log keeps; "
+            "reload the current state, then subscribe without `after`",
+        )
+    return await log.publishable_events(connection, after=after, limit=MAX_REPLAY + 1)
+
+
 async def _events_since(context: Context, after: int) -> list[LoggedEvent]:
-    async with context.services.sessions() as session:
-        _, pruned_through = await log.relay_position(session)
-        if after < pruned_through:
-            raise InvalidArgument(
-                "after",
-                f"event {after} is older than the event log keeps; "
-                "reload the current state, then subscribe without `after`",
-            )
-        replay = await log.publishable_events(session, after=after, limit=MAX_REPLAY + 1)
+    replay = await context.read(_replay_window, after)
     if len(replay) > MAX_REPLAY:
         raise InvalidArgument(
             "after",
